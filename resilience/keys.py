@@ -1,0 +1,102 @@
+"""Every Redis key name the platform uses, built in one place.
+
+Keys named in the public contract keep the origin design's names
+(``jobs:dead_letter``, ``jobs:active``, ...) so its monitoring one-liners keep
+working; ``RESILIENCE_KEY_PREFIX`` (validated in :mod:`resilience.settings`)
+goes in front of all of them. kombu's own keys (queues, ``unacked``,
+``unacked_index``) are the broker's and are not prefixed; see
+``docs/redis-keys.md`` for the full list.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from resilience.settings import get_settings
+
+
+@dataclass(frozen=True)
+class Keys:
+    """Key names under one prefix. Build with :func:`keys`."""
+
+    prefix: str = ""
+
+    def _k(self, name: str) -> str:
+        return f"{self.prefix}{name}"
+
+    # -- public contract (DESIGN.md) -------------------------------------------
+    @property
+    def dead_letter(self) -> str:
+        """List, newest first: JSON dead-letter entries."""
+        return self._k("jobs:dead_letter")
+
+    @property
+    def active(self) -> str:
+        """Hash: job id -> JSON of the running job (task, worker, progress ...)."""
+        return self._k("jobs:active")
+
+    def idempotency(self, key: str) -> str:
+        """String with TTL: the job id that owns an idempotency key."""
+        return self._k(f"idempotency:{key}")
+
+    @property
+    def errors_timeline(self) -> str:
+        """Sorted set scored by epoch ms: JSON error records."""
+        return self._k("errors:timeline")
+
+    @property
+    def errors_patterns(self) -> str:
+        """Hash: component:operation:error_type -> count."""
+        return self._k("errors:patterns")
+
+    @property
+    def breakers_status(self) -> str:
+        """Hash: breaker name -> JSON state."""
+        return self._k("circuit_breakers:status")
+
+    # -- the platform's own --------------------------------------------------------
+    def job_state(self, job_id: str) -> str:
+        """String with TTL: a job's execution record (the execution guard)."""
+        return self._k(f"jobs:state:{job_id}")
+
+    @property
+    def active_deadlines(self) -> str:
+        """Sorted set: job id -> epoch seconds by which it must report progress."""
+        return self._k("jobs:active:deadlines")
+
+    @property
+    def scheduled(self) -> str:
+        """Sorted set: job id -> epoch seconds when its delayed run is due."""
+        return self._k("jobs:scheduled")
+
+    @property
+    def scheduled_payloads(self) -> str:
+        """Hash: job id -> JSON {queue key, kombu envelope} of a delayed run."""
+        return self._k("jobs:scheduled:payloads")
+
+    @property
+    def worker_heartbeats(self) -> str:
+        """Sorted set: worker id (hostname|boot) -> epoch seconds of its last heartbeat."""
+        return self._k("workers:heartbeats")
+
+    @property
+    def worker_info(self) -> str:
+        """Hash: worker id -> JSON (hostname, pid, started_at, held delivery tags)."""
+        return self._k("workers:info")
+
+    def lock(self, name: str) -> str:
+        """String with TTL: a token-checked lock."""
+        return self._k(f"locks:{name}")
+
+    def stats(self, name: str) -> str:
+        """Hash of counters kept for status views (``stats:<name>``)."""
+        return self._k(f"stats:{name}")
+
+    def custom(self, name: str) -> str:
+        """A prefixed key for a concern not listed above (document it in docs/)."""
+        return self._k(name)
+
+
+def keys() -> Keys:
+    """The key names for the current settings."""
+    return Keys(get_settings().key_prefix)

@@ -1,0 +1,49 @@
+--[[ job_finish: record how a run ended and drop its registry entry.
+
+KEYS[1]  jobs:state:<job id>
+KEYS[2]  jobs:active
+KEYS[3]  jobs:active:deadlines
+ARGV[1]  job id
+ARGV[2]  worker id of this run
+ARGV[3]  outcome: "done" | "retrying" | "dead" | "released" | "crashed"
+ARGV[4]  attempt the state records (for "retrying": the next attempt)
+ARGV[5]  now (epoch seconds)
+ARGV[6]  state TTL (seconds)
+ARGV[7]  "1" when the guard is on
+Returns  1 if this run's registry entry was removed, else 0
+
+The registry entry is removed only if this run still owns it, so a run that
+was declared dead and requeued cannot remove its successor's entry.
+"released" deletes the execution record so the job may run again;
+"crashed" (the worker's pool process died mid-run) keeps the delivery count
+so that a job that keeps killing its worker is caught as poison.
+]]
+local job_id, owner, outcome = ARGV[1], ARGV[2], ARGV[3]
+
+if ARGV[7] == "1" then
+  if outcome == "released" then
+    redis.call("DEL", KEYS[1])
+  elseif outcome == "crashed" then
+    local prior = redis.call("GET", KEYS[1])
+    local ok, st = pcall(cjson.decode, prior or "")
+    if ok and type(st) == "table" then
+      st.s = "crashed"
+      st.t = tonumber(ARGV[5])
+      redis.call("SET", KEYS[1], cjson.encode(st), "KEEPTTL")
+    end
+  else
+    local record = cjson.encode({s = outcome, a = tonumber(ARGV[4]), w = owner, t = tonumber(ARGV[5])})
+    redis.call("SET", KEYS[1], record, "EX", tonumber(ARGV[6]))
+  end
+end
+
+local raw = redis.call("HGET", KEYS[2], job_id)
+if raw then
+  local ok, entry = pcall(cjson.decode, raw)
+  if (not ok) or type(entry) ~= "table" or entry.worker == owner then
+    redis.call("HDEL", KEYS[2], job_id)
+    redis.call("ZREM", KEYS[3], job_id)
+    return 1
+  end
+end
+return 0

@@ -1,0 +1,75 @@
+--[[ job_start: claim a job's execution record as it starts running.
+
+The execution guard and the active-job registry are one record: a job runs
+only if no live run holds it and it has not completed, and the claim, the
+registry entry and its progress deadline are written in one step.
+
+KEYS[1]  jobs:state:<job id>     string, JSON {s, a, w, t, n}
+KEYS[2]  jobs:active             hash  job id -> JSON registry entry
+KEYS[3]  jobs:active:deadlines   zset  job id -> progress deadline (epoch s)
+KEYS[4]  workers:heartbeats      zset  worker id -> last heartbeat (epoch s)
+ARGV[1]  job id
+ARGV[2]  worker id of this run (hostname|boot)
+ARGV[3]  now (epoch seconds, float)
+ARGV[4]  attempt (the message's retries count)
+ARGV[5]  registry entry JSON
+ARGV[6]  progress deadline (epoch seconds)
+ARGV[7]  state TTL (seconds)
+ARGV[8]  "1" when the guard is on
+ARGV[9]  "1" when the registry is on
+ARGV[10] heartbeat timeout (seconds): a run whose worker beat within it is live
+ARGV[11] "1" when heartbeats are recorded (else a run is live for ARGV[12] s)
+ARGV[12] fallback liveness window (seconds)
+A record left "running" by a dead worker, or marked "crashed" by the worker
+whose pool process died, lets the job run again and counts the delivery.
+Returns  {"run", deliveries} | {"done"} | {"dead"} | {"stale", attempt}
+         | {"busy", worker id}
+]]
+local job_id, owner, now = ARGV[1], ARGV[2], tonumber(ARGV[3])
+local attempt = tonumber(ARGV[4])
+local deliveries = 1
+
+if ARGV[8] == "1" then
+  local raw = redis.call("GET", KEYS[1])
+  if raw then
+    local ok, st = pcall(cjson.decode, raw)
+    if ok and type(st) == "table" then
+      local st_attempt = tonumber(st.a) or 0
+      if st.s == "done" then
+        return {"done"}
+      elseif st.s == "dead" and attempt <= st_attempt then
+        return {"dead"}
+      elseif (st.s == "retrying" or st.s == "dead") and attempt < st_attempt then
+        return {"stale", tostring(st_attempt)}
+      elseif st.s == "running" or st.s == "crashed" then
+        if attempt < st_attempt then
+          return {"stale", tostring(st_attempt)}
+        end
+        if st.s == "running" then
+          local live
+          if ARGV[11] == "1" then
+            local beat = redis.call("ZSCORE", KEYS[4], st.w)
+            live = beat and (tonumber(beat) > now - tonumber(ARGV[10]))
+          else
+            live = (tonumber(st.t) or 0) > now - tonumber(ARGV[12])
+          end
+          if live then
+            -- a run on a live worker holds it: never start a second one
+            return {"busy", st.w}
+          end
+        end
+        if attempt == st_attempt then
+          deliveries = (tonumber(st.n) or 1) + 1
+        end
+      end
+    end
+  end
+  local record = cjson.encode({s = "running", a = attempt, w = owner, t = now, n = deliveries})
+  redis.call("SET", KEYS[1], record, "EX", tonumber(ARGV[7]))
+end
+
+if ARGV[9] == "1" then
+  redis.call("HSET", KEYS[2], job_id, ARGV[5])
+  redis.call("ZADD", KEYS[3], tonumber(ARGV[6]), job_id)
+end
+return {"run", tostring(deliveries)}

@@ -1,0 +1,102 @@
+"""What happens when a job fails: retry with backoff, or dead-letter.
+
+Only errors in the task's ``retry_for`` (default :data:`DEFAULT_RETRY_FOR`,
+transient network and timeout errors) are retried, up to ``max_retries``;
+:class:`~resilience.errors.PermanentError` and every other error go straight to
+the dead-letter queue. Options resolve call > task > settings.
+"""
+
+from __future__ import annotations
+
+import logging
+import socket
+
+from celery.exceptions import Ignore
+
+from resilience import deadletter, executions
+from resilience.backoff import ExponentialBackoff
+from resilience.errors import PermanentError
+from resilience.settings import get_settings
+
+log = logging.getLogger(__name__)
+
+#: Transient errors retried by default.
+DEFAULT_RETRY_FOR: tuple[type[BaseException], ...] = (ConnectionError, TimeoutError, socket.timeout)
+
+try:  # the HTTP client's transport errors are transient too
+    import httpx
+
+    DEFAULT_RETRY_FOR += (httpx.TransportError,)
+except ImportError:  # pragma: no cover
+    pass
+
+try:
+    import redis
+
+    DEFAULT_RETRY_FOR += (redis.ConnectionError, redis.TimeoutError)
+except ImportError:  # pragma: no cover
+    pass
+
+
+def max_retries_of(task, override: int | None = None) -> int:
+    if override is not None:
+        return override
+    if task.max_retries is not None:
+        return task.max_retries
+    return get_settings().retry_max
+
+
+def backoff_of(task) -> ExponentialBackoff:
+    settings = get_settings()
+    base = task.retry_backoff
+    if isinstance(base, bool) or not base:
+        base = settings.retry_backoff_base_sec
+    cap = task.retry_backoff_max or settings.retry_backoff_max_sec
+    jitter = task.retry_jitter if task.retry_jitter is not None else settings.retry_jitter
+    return ExponentialBackoff(base=float(base), cap=max(float(cap), float(base)), jitter=bool(jitter))
+
+
+def is_retryable(task, exc: BaseException) -> bool:
+    if isinstance(exc, PermanentError):
+        return False
+    retry_for = task.retry_for if task.retry_for is not None else DEFAULT_RETRY_FOR
+    return isinstance(exc, tuple(retry_for))
+
+
+def resolve_retry(task, exc, eta, countdown, max_retries):
+    """Fill in ``self.retry()``'s countdown and max_retries from the policy."""
+    if not get_settings().feature_smart_retry:
+        return countdown, max_retries if max_retries is not None else task.max_retries
+    max_retries = max_retries_of(task, max_retries)
+    if countdown is None and eta is None:
+        countdown = backoff_of(task).compute(task.request.retries or 0)
+    return countdown, max_retries
+
+
+def handle_failure(task, exc: BaseException, args, kwargs) -> None:
+    """Retry (raises Celery's ``Retry``) or dead-letter; returns to let ``exc`` propagate."""
+    settings = get_settings()
+    retries = task.request.retries or 0
+    if is_retryable(task, exc) and retries < max_retries_of(task):
+        if settings.feature_smart_retry:
+            task.retry(exc=exc)
+    if isinstance(exc, PermanentError):
+        reason = f"permanent error: {exc}"
+    elif is_retryable(task, exc):
+        reason = f"retries exhausted after {retries} retries: {exc}"
+    else:
+        reason = f"non-retryable {type(exc).__name__}: {exc}"
+    deadletter.bury(task, args, kwargs, exc, reason)
+
+
+def skip(task, decision: executions.Decision):
+    """A delivery the guard refused: acknowledge it without running the body."""
+    log.info("job %s not run: %s (%s)", task.request.id, decision.action, decision.detail)
+    raise Ignore()
+
+
+def bury_poison(task, args, kwargs, decision: executions.Decision):
+    """A job whose deliveries keep killing their worker: dead-letter it."""
+    reason = f"poison job: {decision.deliveries - 1} deliveries killed their worker"
+    deadletter.bury(task, args, kwargs, None, reason)
+    raise Ignore()

@@ -1,0 +1,322 @@
+"""Typed, validated settings, read from the environment in one place.
+
+Every process of the platform (workers, beat, producers, the CLI) reads its
+configuration through :func:`get_settings`. A malformed value stops start-up
+with :class:`~resilience.errors.SettingsError` naming the variable, so a typo
+fails at deploy time rather than at 3 a.m. Units are part of the names
+(``_sec``, ``_days``). ``.env.example`` documents every variable here.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import re
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+from urllib.parse import urlsplit
+
+from resilience.errors import SettingsError
+
+__all__ = ["FEATURES", "Settings", "get_settings", "load_settings", "reset_settings"]
+
+#: Feature name -> environment flag. Each defaults to on; ``false`` turns the
+#: feature off and the platform behaves as plain Celery in that respect.
+FEATURES: dict[str, str] = {
+    "enhanced_redis": "FEATURE_ENHANCED_REDIS",
+    "smart_retry": "FEATURE_SMART_RETRY",
+    "dead_letter": "FEATURE_DEAD_LETTER",
+    "stuck_jobs": "FEATURE_STUCK_JOBS",
+    "idempotency": "FEATURE_IDEMPOTENCY",
+    "circuit_breakers": "FEATURE_CIRCUIT_BREAKERS",
+    "error_tracking": "FEATURE_ERROR_TRACKING",
+    "alerting": "FEATURE_ALERTING",
+    "health": "FEATURE_HEALTH",
+}
+
+_TRUE = {"1", "true", "yes", "on"}
+_FALSE = {"0", "false", "no", "off"}
+_PREFIX_RE = re.compile(r"^[A-Za-z0-9_.:{}-]*$")
+
+
+def _parse_bool(name: str, raw: str) -> bool:
+    value = raw.strip().lower()
+    if value in _TRUE:
+        return True
+    if value in _FALSE:
+        return False
+    raise SettingsError(name, raw, "expected true or false")
+
+
+def _number(kind: type, *, minimum: float | None = 0, allow_zero: bool = True):
+    def parse(name: str, raw: str):
+        try:
+            value = kind(raw.strip())
+        except ValueError:
+            raise SettingsError(name, raw, f"expected {'an integer' if kind is int else 'a number'}") from None
+        if minimum is not None and value < minimum:
+            raise SettingsError(name, raw, f"must be at least {minimum}")
+        if not allow_zero and value == 0:
+            raise SettingsError(name, raw, "must be greater than zero")
+        return value
+
+    return parse
+
+
+_positive_int = _number(int, minimum=0, allow_zero=False)
+_non_negative_int = _number(int, minimum=0)
+_positive_float = _number(float, minimum=0, allow_zero=False)
+_non_negative_float = _number(float, minimum=0)
+
+
+def _optional_str(name: str, raw: str) -> str | None:
+    value = raw.strip()
+    return value or None
+
+
+def _plain_str(name: str, raw: str) -> str:
+    return raw.strip()
+
+
+def _redis_url(name: str, raw: str) -> str | None:
+    value = raw.strip()
+    if not value:
+        return None
+    parts = urlsplit(value)
+    if parts.scheme not in {"redis", "rediss", "unix"}:
+        raise SettingsError(name, raw, "expected a redis://, rediss:// or unix:// URL")
+    if parts.scheme != "unix" and not parts.hostname:
+        raise SettingsError(name, raw, "the URL has no host")
+    return value
+
+
+def _http_url(name: str, raw: str) -> str | None:
+    value = raw.strip()
+    if not value:
+        return None
+    parts = urlsplit(value)
+    if parts.scheme not in {"http", "https"} or not parts.hostname:
+        raise SettingsError(name, "<redacted>", "expected an http:// or https:// URL")
+    return value
+
+
+def _key_prefix(name: str, raw: str) -> str:
+    value = raw.strip()
+    if not _PREFIX_RE.match(value):
+        raise SettingsError(name, raw, "use letters, digits and _ . : - { } only")
+    return value
+
+
+def _basic_auth(name: str, raw: str) -> str | None:
+    value = raw.strip()
+    if not value:
+        return None
+    for pair in value.split(","):
+        user, sep, password = pair.partition(":")
+        if not sep or not user or not password:
+            raise SettingsError(name, "<redacted>", "expected user:password (comma-separated for several)")
+    return value
+
+
+def _port(name: str, raw: str) -> int:
+    value = _non_negative_int(name, raw)
+    if value > 65535:
+        raise SettingsError(name, raw, "must be a TCP port (0-65535)")
+    return value
+
+
+def _choice(*choices: str):
+    def parse(name: str, raw: str) -> str:
+        value = raw.strip().lower()
+        if value not in choices:
+            raise SettingsError(name, raw, f"expected one of {', '.join(choices)}")
+        return value
+
+    return parse
+
+
+def _setting(env: str, default: Any, parse: Callable[[str, str], Any], doc: str) -> Any:
+    return field(default=default, metadata={"env": env, "parse": parse, "doc": doc})
+
+
+@dataclass(frozen=True)
+class Settings:
+    """The platform's configuration. Build it with :func:`load_settings`."""
+
+    # -- Redis -------------------------------------------------------------
+    redis_url: str | None = _setting("REDIS_URL", None, _redis_url,
+        "Redis for broker, results and platform state; unset starts an embedded redis-server")
+    data_dir: str = _setting("RESILIENCE_DATA_DIR", ".resilience", _plain_str,
+        "Local state: embedded Redis data (AOF), its address, the publish spool, beat schedule")
+    key_prefix: str = _setting("RESILIENCE_KEY_PREFIX", "", _key_prefix,
+        "Prefix for the platform's own Redis keys (not kombu's queue keys)")
+    redis_binary: str | None = _setting("RESILIENCE_REDIS_BINARY", None, _optional_str,
+        "Path of the redis-server binary for embedded mode; default: PATH, then the bundled one")
+    redis_socket_timeout_sec: float = _setting("REDIS_SOCKET_TIMEOUT_SEC", 5.0, _positive_float,
+        "Read/write timeout on every Redis connection, so a frozen Redis never blocks forever")
+    redis_connect_timeout_sec: float = _setting("REDIS_CONNECT_TIMEOUT_SEC", 3.0, _positive_float,
+        "Connect timeout on every Redis connection")
+    redis_health_check_interval_sec: int = _setting("REDIS_HEALTH_CHECK_INTERVAL_SEC", 10, _non_negative_int,
+        "Idle connections are PINGed before use after this many seconds")
+    broker_visibility_timeout_sec: int = _setting("BROKER_VISIBILITY_TIMEOUT_SEC", 43200, _positive_int,
+        "kombu's age-based redelivery, kept far above any job's run time (last safety net only)")
+    result_expires_sec: int = _setting("RESULT_EXPIRES_SEC", 86400, _positive_int,
+        "How long job results stay in the result backend")
+    publish_timeout_sec: float = _setting("PUBLISH_TIMEOUT_SEC", 2.0, _positive_float,
+        "Longest a .delay()/.apply_async() may block on an unreachable or frozen Redis")
+    publish_outage_mode: str = _setting("PUBLISH_OUTAGE_MODE", "spool", _choice("spool", "raise"),
+        "While Redis is unreachable: spool jobs to local disk (spool) or raise BrokerUnavailable (raise)")
+    max_payload_bytes: int = _setting("MAX_PAYLOAD_BYTES", 1048576, _positive_int,
+        "Largest encoded arguments a job may have; larger submissions raise PayloadTooLarge")
+    spool_max_jobs: int = _setting("SPOOL_MAX_JOBS", 100000, _positive_int,
+        "Most jobs the local publish spool holds; beyond it submission raises SpoolFull")
+
+    # -- Stuck jobs ----------------------------------------------------------
+    worker_heartbeat_timeout_sec: int = _setting("WORKER_HEARTBEAT_TIMEOUT_SEC", 120, _positive_int,
+        "A worker whose heartbeat is older than this is dead and its jobs are requeued")
+    worker_heartbeat_interval_sec: float = _setting("WORKER_HEARTBEAT_INTERVAL_SEC", 5.0, _positive_float,
+        "How often each worker records its heartbeat")
+    job_progress_timeout_sec: int = _setting("JOB_PROGRESS_TIMEOUT_SEC", 300, _positive_int,
+        "A job with no progress for this long is stopped and retried (per-task progress_timeout overrides)")
+    stuck_sweep_interval_sec: int = _setting("STUCK_SWEEP_INTERVAL_SEC", 30, _positive_int,
+        "How often beat runs the stuck-job sweep")
+
+    # -- Retries -------------------------------------------------------------
+    retry_backoff_base_sec: float = _setting("RETRY_BACKOFF_BASE_SEC", 30.0, _positive_float,
+        "First retry delay; doubles per attempt (30, 60, 120, 240 s ...)")
+    retry_backoff_max_sec: float = _setting("RETRY_BACKOFF_MAX_SEC", 3600.0, _positive_float,
+        "Cap on any retry delay")
+    retry_max: int = _setting("RETRY_MAX", 5, _non_negative_int,
+        "Retries after the first run before a job is dead-lettered (per-task max_retries overrides)")
+    retry_jitter: bool = _setting("RETRY_JITTER", True, _parse_bool,
+        "Spread retry delays (equal jitter: between half and all of the backoff)")
+    poison_max_deliveries: int = _setting("POISON_MAX_DELIVERIES", 3, _positive_int,
+        "Deliveries that kill their worker before a job is dead-lettered as poison")
+
+    # -- Dead letters ----------------------------------------------------------
+    dead_letter_ttl_days: float = _setting("DEAD_LETTER_TTL_DAYS", 30.0, _positive_float,
+        "Each dead-letter entry is trimmed after this many days")
+    dead_letter_max_entries: int = _setting("DEAD_LETTER_MAX_ENTRIES", 100000, _positive_int,
+        "The dead-letter queue keeps at most this many newest entries")
+
+    # -- Idempotency -----------------------------------------------------------
+    idempotency_ttl_sec: int = _setting("IDEMPOTENCY_TTL_SEC", 86400, _positive_int,
+        "How long an idempotency key and a job's execution record are kept")
+
+    # -- Errors, breakers, alerts ------------------------------------------------
+    error_retention_days: float = _setting("ERROR_RETENTION_DAYS", 7.0, _positive_float,
+        "errors:timeline keeps this many days")
+    error_timeline_max_entries: int = _setting("ERROR_TIMELINE_MAX_ENTRIES", 50000, _positive_int,
+        "errors:timeline keeps at most this many newest records")
+    breaker_fail_max: int = _setting("BREAKER_FAIL_MAX", 5, _positive_int,
+        "Consecutive failures that open a circuit breaker")
+    breaker_reset_timeout_sec: float = _setting("BREAKER_RESET_TIMEOUT_SEC", 60.0, _positive_float,
+        "How long a breaker stays open before it admits trial calls")
+    breaker_half_open_max_calls: int = _setting("BREAKER_HALF_OPEN_MAX_CALLS", 1, _positive_int,
+        "Trial calls admitted cluster-wide while a breaker is half-open")
+    alert_webhook_url: str | None = _setting("ALERT_WEBHOOK_URL", None, _http_url,
+        "Webhook that receives JSON alerts (unset: alerts are only logged)")
+    alert_webhook_secret: str | None = _setting("ALERT_WEBHOOK_SECRET", None, _optional_str,
+        "HMAC-SHA256 key for the X-Resilience-Signature header")
+    alert_window_sec: int = _setting("ALERT_WINDOW_SEC", 300, _positive_int,
+        "The same alert is sent at most once per window, then a summary of repeats")
+    alert_redis_down_sec: int = _setting("ALERT_REDIS_DOWN_SEC", 30, _positive_int,
+        "Alert when Redis has been unreachable this long")
+    alert_error_rate_per_min: int = _setting("ALERT_ERROR_RATE_PER_MIN", 60, _positive_int,
+        "Alert when more errors than this are recorded in a minute")
+    alert_queue_backlog: int = _setting("ALERT_QUEUE_BACKLOG", 10000, _positive_int,
+        "Alert when a queue holds more pending jobs than this")
+    alert_min_workers: int = _setting("ALERT_MIN_WORKERS", 1, _non_negative_int,
+        "Alert when fewer live workers than this are seen")
+    alert_dead_letter_growth: int = _setting("ALERT_DEAD_LETTER_GROWTH", 10, _positive_int,
+        "Alert when the dead-letter queue grows by this many entries within a window")
+    sentry_dsn: str | None = _setting("SENTRY_DSN", None, _optional_str,
+        "Also send errors to Sentry (unset: off)")
+    environment: str = _setting("RESILIENCE_ENVIRONMENT", "development", _plain_str,
+        "Environment name put in alerts and Sentry events")
+
+    # -- Operators ---------------------------------------------------------------
+    health_port: int = _setting("HEALTH_PORT", 8001, _port,
+        "First port of the worker health server; 0 picks a free port")
+    health_host: str = _setting("HEALTH_HOST", "127.0.0.1", _plain_str,
+        "Address the health server binds")
+    flower_port: int = _setting("FLOWER_PORT", 5555, _port,
+        "Port of Flower started by `resilience up`")
+    flower_basic_auth: str | None = _setting("FLOWER_BASIC_AUTH", None, _basic_auth,
+        "user:password for Flower; `resilience up` generates one when unset")
+
+    # -- Feature flags -------------------------------------------------------------
+    feature_enhanced_redis: bool = _setting("FEATURE_ENHANCED_REDIS", True, _parse_bool,
+        "Fast reconnects, connection state tracking and the publish spool")
+    feature_smart_retry: bool = _setting("FEATURE_SMART_RETRY", True, _parse_bool,
+        "Backoff with jitter and durable delayed retries")
+    feature_dead_letter: bool = _setting("FEATURE_DEAD_LETTER", True, _parse_bool,
+        "Write permanently failed jobs to jobs:dead_letter")
+    feature_stuck_jobs: bool = _setting("FEATURE_STUCK_JOBS", True, _parse_bool,
+        "Worker heartbeats, the active-job registry and the stuck-job sweep")
+    feature_idempotency: bool = _setting("FEATURE_IDEMPOTENCY", True, _parse_bool,
+        "Submit-time deduplication and the execution guard")
+    feature_circuit_breakers: bool = _setting("FEATURE_CIRCUIT_BREAKERS", True, _parse_bool,
+        "Circuit breakers around external calls")
+    feature_error_tracking: bool = _setting("FEATURE_ERROR_TRACKING", True, _parse_bool,
+        "errors:timeline, errors:patterns and Sentry")
+    feature_alerting: bool = _setting("FEATURE_ALERTING", True, _parse_bool,
+        "Webhook alerts")
+    feature_health: bool = _setting("FEATURE_HEALTH", True, _parse_bool,
+        "Worker health server and metrics")
+
+    def enabled(self, feature: str) -> bool:
+        """Whether a feature (a key of :data:`FEATURES`) is switched on."""
+        if feature not in FEATURES:
+            raise KeyError(f"unknown feature {feature!r}; known: {', '.join(FEATURES)}")
+        return getattr(self, f"feature_{feature}")
+
+    def replace(self, **changes: Any) -> Settings:
+        """A copy with some values changed (for tests and embedding)."""
+        return dataclasses.replace(self, **changes)
+
+    def _validate(self) -> None:
+        if self.retry_backoff_max_sec < self.retry_backoff_base_sec:
+            raise SettingsError("RETRY_BACKOFF_MAX_SEC", str(self.retry_backoff_max_sec),
+                                "must not be below RETRY_BACKOFF_BASE_SEC")
+        if self.worker_heartbeat_interval_sec >= self.worker_heartbeat_timeout_sec:
+            raise SettingsError("WORKER_HEARTBEAT_INTERVAL_SEC", str(self.worker_heartbeat_interval_sec),
+                                "must be below WORKER_HEARTBEAT_TIMEOUT_SEC")
+
+
+def env_fields() -> list[dataclasses.Field]:
+    """The settings' fields, each with its environment variable and meaning."""
+    return list(dataclasses.fields(Settings))
+
+
+def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
+    """Read and validate every setting; raise SettingsError naming a bad one."""
+    env = os.environ if environ is None else environ
+    values: dict[str, Any] = {}
+    for f in dataclasses.fields(Settings):
+        name = f.metadata["env"]
+        raw = env.get(name)
+        if raw is None or (raw.strip() == "" and f.default is not None and not isinstance(f.default, str)):
+            continue
+        values[f.name] = f.metadata["parse"](name, raw)
+    settings = Settings(**values)
+    settings._validate()
+    return settings
+
+
+_cached: Settings | None = None
+
+
+def get_settings() -> Settings:
+    """The process's settings, read once from the environment."""
+    global _cached
+    if _cached is None:
+        _cached = load_settings()
+    return _cached
+
+
+def reset_settings(settings: Settings | None = None) -> None:
+    """Forget (or replace) the cached settings; the next read re-validates."""
+    global _cached
+    _cached = settings

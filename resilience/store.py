@@ -1,0 +1,97 @@
+"""The platform's own Redis client: one per process, rebuilt after fork.
+
+Which Redis: ``REDIS_URL`` when set, else the data dir's embedded server
+(started on first use). Every connection has socket and connect timeouts and
+a health check, so a frozen Redis raises instead of blocking, and redis-py
+retries connection errors with capped exponential backoff and jitter.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+from functools import cache, lru_cache
+from importlib import resources
+
+import redis
+from redis.backoff import ExponentialWithJitterBackoff
+from redis.retry import Retry
+
+from resilience.settings import Settings, get_settings
+
+__all__ = ["get_redis", "redis_url", "reset_redis", "load_script"]
+
+_lock = threading.Lock()
+_client: redis.Redis | None = None
+_client_pid: int | None = None
+_url_override: str | None = None
+
+
+def redis_url(settings: Settings | None = None) -> str:
+    """The Redis URL every client of this process uses."""
+    settings = settings or get_settings()
+    if _url_override:
+        return _url_override
+    if settings.redis_url:
+        return settings.redis_url
+    from resilience.embedded import ensure_embedded
+
+    url, _ = ensure_embedded(settings)
+    return url
+
+
+def client_options(settings: Settings | None = None) -> dict:
+    """Connection options shared by the platform's clients."""
+    settings = settings or get_settings()
+    return {
+        "socket_timeout": settings.redis_socket_timeout_sec,
+        "socket_connect_timeout": settings.redis_connect_timeout_sec,
+        "health_check_interval": settings.redis_health_check_interval_sec,
+        "socket_keepalive": True,
+        "retry": Retry(ExponentialWithJitterBackoff(base=0.05, cap=1.0), retries=3),
+        "retry_on_timeout": False,
+        "decode_responses": True,
+    }
+
+
+def get_redis() -> redis.Redis:
+    """This process's client (a new one after fork, never shared across processes)."""
+    global _client, _client_pid
+    pid = os.getpid()
+    if _client is not None and _client_pid == pid:
+        return _client
+    with _lock:
+        if _client is None or _client_pid != pid:
+            _client = redis.Redis.from_url(redis_url(), **client_options())
+            _client_pid = pid
+    return _client
+
+
+def reset_redis(url: str | None = None) -> None:
+    """Drop the cached client (and optionally point the process at ``url``)."""
+    global _client, _client_pid, _url_override
+    with _lock:
+        if _client is not None and _client_pid == os.getpid():
+            _client.close()
+        _client = None
+        _client_pid = None
+        _url_override = url
+
+
+@cache
+def _script_source(name: str) -> str:
+    return resources.files("resilience").joinpath("lua", f"{name}.lua").read_text()
+
+
+@lru_cache(maxsize=256)
+def _registered(client: redis.Redis, name: str):
+    return client.register_script(_script_source(name))
+
+
+def load_script(name: str, client: redis.Redis | None = None):
+    """The Lua script ``resilience/lua/<name>.lua`` bound to a client.
+
+    Calls use EVALSHA and fall back to loading the script once when the
+    server does not know it (after a Redis restart, say).
+    """
+    return _registered(client or get_redis(), name)

@@ -1,0 +1,99 @@
+"""The submit path of every job: validate, deduplicate, delay, publish.
+
+``ResilientTask.apply_async`` calls :func:`submit`. In order:
+
+1. the arguments must encode as JSON within ``MAX_PAYLOAD_BYTES``; otherwise
+   the caller gets :class:`~resilience.errors.UnserializableArgument` (naming
+   the argument) or :class:`~resilience.errors.PayloadTooLarge`, and nothing is
+   enqueued;
+2. with an idempotency key (given, or derived for ``idempotent=True`` tasks)
+   the key is claimed atomically; a duplicate returns the original job;
+3. the message is published (delayed runs are kept durably in Redis, and a
+   broker outage spools the job locally, see :mod:`resilience.scheduler` and
+   :mod:`resilience.outage`).
+"""
+
+from __future__ import annotations
+
+import json
+import uuid
+from collections.abc import Callable
+from typing import Any
+
+from resilience.errors import PayloadTooLarge, UnserializableArgument
+from resilience.settings import get_settings
+
+__all__ = ["submit", "validate_arguments", "canonical_json"]
+
+
+def canonical_json(value: Any) -> str:
+    """JSON that is the same for equal values: sorted keys, no spaces, ASCII."""
+    return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=True, allow_nan=False)
+
+
+def _check(task_name: str, label: str, value: Any) -> None:
+    try:
+        json.dumps(value, allow_nan=False)
+    except (TypeError, ValueError) as err:
+        raise UnserializableArgument(task_name, label, str(err)) from None
+
+
+def validate_arguments(task_name: str, args, kwargs) -> int:
+    """Raise naming the first argument that is not JSON; return the encoded size."""
+    args = list(args or ())
+    kwargs = dict(kwargs or {})
+    try:
+        encoded = json.dumps([args, kwargs], allow_nan=False)
+    except (TypeError, ValueError):
+        for index, value in enumerate(args):
+            _check(task_name, f"args[{index}]", value)
+        for name, value in kwargs.items():
+            if not isinstance(name, str):
+                raise UnserializableArgument(task_name, f"kwargs key {name!r}", "keys must be strings") from None
+            _check(task_name, f"kwargs[{name!r}]", value)
+        raise
+    size = len(encoded.encode())
+    limit = get_settings().max_payload_bytes
+    if size > limit:
+        raise PayloadTooLarge(f"task {task_name!r}: arguments are {size} bytes, over MAX_PAYLOAD_BYTES={limit}")
+    return size
+
+
+def _is_resubmission_of_current(task, task_id: str | None) -> bool:
+    """A retry (or a deferral) re-publishes the running job under its own id."""
+    return task_id is not None and not task.request.called_directly and task.request.id == task_id
+
+
+def submit(task, args, kwargs, *, task_id, producer, link, link_error, shadow,
+           options: dict[str, Any], publish: Callable):
+    """Submit a job; returns its ``AsyncResult`` (the original one for a duplicate)."""
+    settings = get_settings()
+    idempotency_key = options.pop("idempotency_key", None)
+    validate_arguments(task.name, args, kwargs)
+
+    resubmission = _is_resubmission_of_current(task, task_id)
+    if resubmission and idempotency_key is None:
+        idempotency_key = getattr(task.request, "idempotency_key", None)
+
+    def send(job_id: str, key: str | None):
+        if key:
+            headers = dict(options.get("headers") or {})
+            headers["idempotency_key"] = key
+            options["headers"] = headers
+        from resilience import outage, scheduler
+
+        def plain():
+            return publish(args, kwargs, task_id=job_id, producer=producer, link=link,
+                           link_error=link_error, shadow=shadow, **options)
+
+        if scheduler.wants_delay(options):
+            return scheduler.schedule(task, args, kwargs, job_id, options, fallback=plain)
+        return outage.publish_guarded(task, args, kwargs, job_id, options, plain)
+
+    if settings.feature_idempotency and not resubmission:
+        from resilience import idempotency
+
+        key = idempotency.key_for(task, args, kwargs, idempotency_key)
+        if key is not None:
+            return idempotency.submit_once(task, key, task_id or str(uuid.uuid4()), send)
+    return send(task_id or str(uuid.uuid4()), idempotency_key)

@@ -1,0 +1,167 @@
+"""``resilience up``: Redis, a worker, beat and Flower as one foreground process.
+
+With no ``REDIS_URL`` the data dir's embedded Redis is started (and stopped on
+exit if this process started it). Each child runs in its own process group;
+SIGINT or SIGTERM stops them all (warm shutdown first, SIGKILL after a grace
+period), so no process of the platform is left behind. A child that exits on
+its own is restarted with a growing delay.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import secrets
+import signal
+import subprocess
+import sys
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from resilience.embedded import ensure_embedded, stop_embedded
+from resilience.settings import Settings, get_settings
+
+log = logging.getLogger(__name__)
+
+STOP_GRACE_SEC = 20.0
+
+
+@dataclass
+class Child:
+    name: str
+    argv: list[str]
+    log_path: Path | None
+    process: subprocess.Popen | None = None
+    restarts: int = 0
+    next_start: float = 0.0
+
+
+@dataclass
+class Platform:
+    """The processes of one platform instance, started and stopped together."""
+
+    settings: Settings = field(default_factory=get_settings)
+    concurrency: int = 2
+    beat: bool = True
+    flower: bool = True
+    log_to_files: bool = False
+    worker_name: str = "worker1@%h"
+    children: list[Child] = field(default_factory=list)
+    redis_url: str | None = None
+    flower_credentials: str | None = None
+    _started_redis_pid: int | None = None
+    _stop: threading.Event = field(default_factory=threading.Event)
+
+    @property
+    def data_dir(self) -> Path:
+        return Path(self.settings.data_dir).expanduser().resolve()
+
+    def _celery(self, *args: str) -> list[str]:
+        return [sys.executable, "-m", "celery", "-A", "tasks", *args]
+
+    def _plan(self) -> list[Child]:
+        logs = self.data_dir / "logs"
+        logs.mkdir(parents=True, exist_ok=True)
+
+        def log_path(name: str) -> Path | None:
+            return logs / f"{name}.log" if self.log_to_files else None
+
+        plan = [Child("worker", self._celery(
+            "worker", "-l", "INFO", "-c", str(self.concurrency), "-n", self.worker_name, "-E"),
+            log_path("worker"))]
+        if self.beat:
+            plan.append(Child("beat", self._celery(
+                "beat", "-l", "INFO", "-s", str(self.data_dir / "celerybeat-schedule")), log_path("beat")))
+        if self.flower:
+            self.flower_credentials = self.settings.flower_basic_auth or f"admin:{secrets.token_urlsafe(12)}"
+            plan.append(Child("flower", self._celery(
+                "flower", f"--port={self.settings.flower_port}", "--address=127.0.0.1",
+                f"--basic-auth={self.flower_credentials}"), log_path("flower")))
+        return plan
+
+    def _env(self) -> dict[str, str]:
+        env = dict(os.environ)
+        env["REDIS_URL"] = self.redis_url or ""
+        env["RESILIENCE_DATA_DIR"] = str(self.data_dir)
+        env.setdefault("PYTHONUNBUFFERED", "1")
+        return env
+
+    def _spawn(self, child: Child) -> None:
+        out = open(child.log_path, "ab") if child.log_path else None
+        child.process = subprocess.Popen(
+            child.argv, env=self._env(), stdin=subprocess.DEVNULL,
+            stdout=out, stderr=subprocess.STDOUT if out else None, start_new_session=True)
+        if out:
+            out.close()
+        log.info("started %s (pid %s)", child.name, child.process.pid)
+
+    def start(self) -> Platform:
+        if self.settings.redis_url:
+            self.redis_url = self.settings.redis_url
+        else:
+            self.redis_url, self._started_redis_pid = ensure_embedded(self.settings)
+        self.children = self._plan()
+        for child in self.children:
+            self._spawn(child)
+        return self
+
+    def supervise_once(self) -> None:
+        """Restart children that exited on their own (with a growing delay)."""
+        now = time.monotonic()
+        for child in self.children:
+            if child.process is None or child.process.poll() is None or self._stop.is_set():
+                continue
+            if not child.next_start:
+                delay = min(30.0, 2 ** child.restarts)
+                child.next_start = now + delay
+                log.warning("%s exited with code %s; restarting in %.0fs",
+                            child.name, child.process.returncode, delay)
+            elif now >= child.next_start:
+                child.restarts += 1
+                child.next_start = 0.0
+                self._spawn(child)
+
+    def run_forever(self, tick=None, interval: float = 0.5) -> None:
+        """Block until SIGINT/SIGTERM (or ``stop()``), supervising children."""
+        previous = {sig: signal.signal(sig, lambda *_: self._stop.set()) for sig in (signal.SIGINT, signal.SIGTERM)}
+        try:
+            while not self._stop.is_set():
+                self.supervise_once()
+                if tick is not None:
+                    tick()
+                self._stop.wait(interval)
+        finally:
+            for sig, handler in previous.items():
+                signal.signal(sig, handler)
+            self.stop()
+
+    def stop(self, grace: float = STOP_GRACE_SEC) -> None:
+        """Stop every child (and the embedded Redis this instance started)."""
+        self._stop.set()
+        running = [c for c in self.children if c.process and c.process.poll() is None]
+        for child in running:
+            child.process.terminate()  # the main process only: Celery's warm shutdown finishes running jobs
+        deadline = time.monotonic() + grace
+        for child in running:
+            remaining = max(0.1, deadline - time.monotonic())
+            try:
+                child.process.wait(remaining)
+            except subprocess.TimeoutExpired:
+                log.warning("%s did not stop in %.0fs; killing it", child.name, grace)
+        for child in self.children:
+            if child.process is not None:
+                _signal_group(child.process, signal.SIGKILL)  # any grandchildren left behind
+                if child.process.poll() is None:
+                    child.process.wait(5)
+        if self._started_redis_pid:
+            stop_embedded(self.settings, pid=self._started_redis_pid)
+            self._started_redis_pid = None
+
+
+def _signal_group(process: subprocess.Popen, sig: int) -> None:
+    try:
+        os.killpg(process.pid, sig)
+    except (ProcessLookupError, PermissionError):
+        pass
