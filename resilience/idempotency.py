@@ -41,3 +41,12 @@ def submit_once(task, key: str, job_id: str, send):
     except BaseException:
         client.delete(redis_key)
         raise
+
+
+def release(key: str, job_id: str, pipe=None) -> None:
+    """Release ``key`` if ``job_id`` still owns it (so the request can be submitted again).
+
+    Placeholder (not yet compare-and-delete).
+    """
+    client = pipe if pipe is not None else get_redis()
+    client.delete(keys().idempotency(key))

@@ -320,3 +320,28 @@ def reset_settings(settings: Settings | None = None) -> None:
     """Forget (or replace) the cached settings; the next read re-validates."""
     global _cached
     _cached = settings
+
+
+def render_env_example() -> str:
+    """The text of ``.env.example``: every variable, its default and its meaning."""
+    lines = [
+        "# celery-resilience settings: every variable, its default and its meaning.",
+        "# Copy to .env (or export them). A malformed value stops start-up naming the variable.",
+        "# Flags (FEATURE_*) default to true; false turns the feature off (plain Celery behaviour).",
+        "# Generated from resilience/settings.py: python -m resilience.settings > .env.example",
+        "",
+    ]
+    for f in env_fields():
+        default = f.default
+        if default is None:
+            default = ""
+        elif isinstance(default, bool):
+            default = "true" if default else "false"
+        elif isinstance(default, float) and default.is_integer():
+            default = int(default)
+        lines += [f"# {f.metadata['doc']}", f"{f.metadata['env']}={default}", ""]
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    print(render_env_example(), end="")
