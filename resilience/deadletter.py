@@ -70,3 +70,21 @@ def bury(task, args, kwargs, exc: BaseException | None, reason: str) -> dict[str
     pipe.execute()
     log.error("job %s (%s) dead-lettered: %s", entry["job_id"], entry["task"], entry["failure_reason"])
     return entry
+
+
+def bury_entry(entry: dict[str, Any], *, pipe=None) -> None:
+    """Write a ready-made entry (for jobs dead-lettered outside their run, e.g. by the sweep).
+
+    ``entry`` has the contract's fields; it is redacted here. Placeholder: not
+    yet atomic with the removal of the job's other records.
+    """
+    if not get_settings().feature_dead_letter:
+        return
+    entry = dict(entry)
+    entry["args"] = redact(entry.get("args") or [])
+    entry["kwargs"] = redact(entry.get("kwargs") or {})
+    entry["traceback"] = redact(entry.get("traceback") or "")
+    entry["failure_reason"] = redact(entry.get("failure_reason") or "")
+    entry.setdefault("failed_at", utc_iso())
+    client = pipe if pipe is not None else get_redis()
+    client.lpush(keys().dead_letter, json.dumps(entry, default=str))

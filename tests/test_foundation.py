@@ -122,3 +122,10 @@ def test_status_json_prints_only_json(app, worker):
 def test_wait_for_reports_the_condition_on_timeout():
     with pytest.raises(AssertionError, match="never true"):
         wait_for(lambda: False, timeout=0.2, message="never true")
+
+
+def test_a_running_worker_records_its_heartbeat(app, worker, r):
+    from resilience.keys import keys
+
+    beats = wait_for(lambda: r.zrange(keys().worker_heartbeats, 0, -1), timeout=20, message="a heartbeat")
+    assert any(b.startswith(worker.hostname + "|") for b in beats)
