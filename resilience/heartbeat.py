@@ -37,7 +37,7 @@ def beat(hostname: str, *, now: float | None = None, info: dict | None = None) -
 class HeartbeatStep(bootsteps.StartStopStep):
     """Consumer bootstep: a hub/timer entry that beats while the worker runs."""
 
-    requires = ("celery.worker.consumer.consumer:Connection",)
+    requires = ("celery.worker.consumer.connection:Connection",)
 
     def __init__(self, parent, **kwargs):
         super().__init__(parent, **kwargs)
