@@ -92,10 +92,10 @@ def use_multiprocess_dir(directory: str | os.PathLike) -> None:
     path = Path(directory)
     shutil.rmtree(path, ignore_errors=True)
     path.mkdir(parents=True, exist_ok=True)
-    os.environ["PROMETHEUS_MULTIPROC_DIR"] = str(path)
-    values.ValueClass = values.MultiProcessValue()
     for metric in _COUNTERS:
         metric.clear()  # children made from now on write to the directory
+    os.environ["PROMETHEUS_MULTIPROC_DIR"] = str(path)
+    values.ValueClass = values.MultiProcessValue()
     _multiprocess_dir = str(path)
 
 
