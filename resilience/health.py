@@ -1,7 +1,8 @@
 """Worker health: liveness (``/health``), readiness (``/ready``) and the check registry.
 
 A worker bootstep starts, in the worker's main process, a background monitor
-and a small threaded HTTP server (:mod:`resilience.healthserver`). Probes never
+(:mod:`resilience.healthmonitor`) and a small threaded HTTP server
+(:mod:`resilience.healthserver`). Probes never
 do I/O themselves: they read values the monitor refreshes every
 ``HEALTH_REFRESH_INTERVAL_SEC`` (a Redis PING bounded by
 ``HEALTH_REDIS_TIMEOUT_SEC``, this worker's heartbeat age) and attributes of the
@@ -37,22 +38,21 @@ is logged; ``critical=False`` reports it without failing ``/health``.
 
 from __future__ import annotations
 
-import json
 import logging
+import os
 import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-import redis
 from celery import bootsteps
 
+from resilience.healthmonitor import HealthMonitor
 from resilience.identity import worker_id
-from resilience.keys import keys
 from resilience.settings import Settings, get_settings
 
-__all__ = ["HealthMonitor", "WorkerProbe", "register_check", "unregister_check", "install", "current_probe"]
+__all__ = ["WorkerProbe", "register_check", "unregister_check", "install", "current_probe"]
 
 log = logging.getLogger(__name__)
 
@@ -112,142 +112,6 @@ def _version() -> str:
 
 
 VERSION = _version()
-
-
-class HealthMonitor:
-    """Background refresh of what probes need from Redis: PING, heartbeat age, registration.
-
-    Uses its own client with ``HEALTH_REDIS_TIMEOUT_SEC`` socket timeouts and
-    no retries, so a down or frozen Redis costs the monitor thread at most that
-    long per round and never costs a probe anything.
-    """
-
-    def __init__(self, settings: Settings, worker: str | None = None,
-                 registration: dict[str, Any] | None = None, clock: Callable[[], float] = time.time) -> None:
-        self.settings = settings
-        self.worker = worker
-        self.registration = registration
-        self._clock = clock
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
-        self._client: redis.Redis | None = None
-        self._registered = False
-        self._was_up: bool | None = None
-        self.redis_ok = False
-        self.redis_error: str | None = "not checked yet"
-        self.redis_latency_ms: float | None = None
-        self.checked_at: float | None = None
-        self.last_ok_at: float | None = None
-        self.heartbeat_at: float | None = None
-
-    def client(self) -> redis.Redis:
-        """A client with the short health timeouts; raises at once while the last PING failed."""
-        if not self.redis_ok:
-            from resilience.errors import StoreUnavailable
-
-            raise StoreUnavailable(f"Redis unreachable: {self.redis_error}")
-        return self._redis()
-
-    def _redis(self) -> redis.Redis:
-        if self._client is None:
-            from resilience.store import redis_url
-
-            timeout = self.settings.health_redis_timeout_sec
-            self._client = redis.Redis.from_url(
-                redis_url(self.settings), socket_timeout=timeout, socket_connect_timeout=timeout,
-                retry=None, retry_on_timeout=False, decode_responses=True)
-        return self._client
-
-    def refresh(self) -> None:
-        """One round: PING, then this worker's heartbeat and registration."""
-        started = time.monotonic()
-        try:
-            client = self._redis()
-            client.ping()
-            self.redis_latency_ms = round((time.monotonic() - started) * 1000, 2)
-            self.redis_ok, self.redis_error = True, None
-            self.last_ok_at = self._clock()
-            if self._was_up is False:
-                from resilience import metrics
-
-                metrics.redis_reconnects.labels(client="health").inc()
-            self._was_up = True
-            if self.worker is not None:
-                self._refresh_worker(client)
-        except Exception as exc:
-            self.redis_ok = False
-            self.redis_error = f"{type(exc).__name__}: {exc}"
-            self._was_up = False
-            self._registered = False
-            self._drop_client()
-        finally:
-            self.checked_at = self._clock()
-
-    def _refresh_worker(self, client: redis.Redis) -> None:
-        k = keys()
-        if self.settings.feature_stuck_jobs:
-            score = client.zscore(k.worker_heartbeats, self.worker)
-            self.heartbeat_at = float(score) if score is not None else None
-        if self.registration is not None and not self._registered:
-            client.hset(k.worker_health, self.worker, json.dumps(self.registration))
-            self._registered = True
-
-    def _drop_client(self) -> None:
-        if self._client is not None:
-            try:
-                self._client.close()
-            except Exception:
-                pass
-            self._client = None
-
-    def unregister(self) -> None:
-        if self.worker is None or self.registration is None:
-            return
-        try:
-            self._redis().hdel(keys().worker_health, self.worker)
-        except Exception as exc:
-            log.info("health registration of %s not removed: %s", self.worker, exc)
-
-    def start(self) -> HealthMonitor:
-        self._thread = threading.Thread(target=self._run, name="resilience-health-monitor", daemon=True)
-        self._thread.start()
-        return self
-
-    def _run(self) -> None:
-        interval = self.settings.health_refresh_interval_sec
-        while not self._stop.is_set():
-            self.refresh()
-            self._stop.wait(interval)
-
-    def stop(self) -> None:
-        self._stop.set()
-        if self._thread is not None:
-            self._thread.join(self.settings.health_redis_timeout_sec * 4 + 1)
-        self._drop_client()
-
-    def redis_check(self) -> dict[str, Any]:
-        now = self._clock()
-        stale_after = max(3 * self.settings.health_refresh_interval_sec, 2 * self.settings.health_redis_timeout_sec)
-        age = None if self.checked_at is None else round(now - self.checked_at, 2)
-        ok = self.redis_ok and age is not None and age <= stale_after + self.settings.health_redis_timeout_sec
-        result: dict[str, Any] = {"ok": ok, "checked_age_sec": age, "latency_ms": self.redis_latency_ms}
-        if not self.redis_ok:
-            result["error"] = self.redis_error
-        elif not ok:
-            result["error"] = "the Redis check has not run recently"
-        return result
-
-    def heartbeat_check(self) -> dict[str, Any]:
-        if not self.settings.feature_stuck_jobs:
-            return {"ok": True, "skipped": "FEATURE_STUCK_JOBS is off"}
-        if self.heartbeat_at is None:
-            return {"ok": True, "age_sec": None, "note": "no heartbeat recorded yet"}
-        age = round(max(0.0, self._clock() - self.heartbeat_at), 1)
-        ok = age <= self.settings.worker_heartbeat_timeout_sec
-        result: dict[str, Any] = {"ok": ok, "age_sec": age}
-        if not ok:
-            result["error"] = f"last heartbeat {age}s ago (limit {self.settings.worker_heartbeat_timeout_sec}s)"
-        return result
 
 
 @dataclass
@@ -430,7 +294,7 @@ class HealthServerStep(bootsteps.StartStopStep):
         probe.server = serve(probe, state, self.settings, label=parent.hostname)
         if probe.server is not None:
             host, port = probe.server.server_address[:2]
-            probe.monitor.registration = {"hostname": parent.hostname, "pid": _pid(), "host": host, "port": port,
+            probe.monitor.registration = {"hostname": parent.hostname, "pid": os.getpid(), "host": host, "port": port,
                                           "url": f"http://{_url_host(host)}:{port}", "started_at": time.time()}
             probe.monitor.refresh()
         probe.monitor.start()
@@ -460,6 +324,7 @@ class ConsumerProbeStep(bootsteps.StartStopStep):
     def __init__(self, parent, **kwargs):
         super().__init__(parent, **kwargs)
         self._started_once = False
+        self._tref = None
 
     def _probe(self, parent) -> WorkerProbe | None:
         return getattr(getattr(parent, "controller", None), "resilience_health", None)
@@ -471,8 +336,8 @@ class ConsumerProbeStep(bootsteps.StartStopStep):
         hub = getattr(parent, "hub", None)
         if hub is not None:
             hub.on_tick.add(probe.tick)
-        elif parent.timer is not None:  # no event loop (blocking transport): the timer stands in
-            parent.timer.call_repeatedly(1.0, probe.tick, priority=10)
+        elif parent.timer is not None and self._tref is None:  # no event loop (blocking transport)
+            self._tref = parent.timer.call_repeatedly(1.0, probe.tick, priority=10)
         if self._started_once:
             from resilience import metrics
 
@@ -480,12 +345,19 @@ class ConsumerProbeStep(bootsteps.StartStopStep):
         self._started_once = True
         probe.consumer_started(parent)
 
+    def _cancel_timer(self) -> None:
+        if self._tref is not None:
+            self._tref.cancel()
+            self._tref = None
+
     def stop(self, parent):
+        self._cancel_timer()
         probe = self._probe(parent)
         if probe is not None:
             probe.consumer_stopped()
 
     def shutdown(self, parent):
+        self._cancel_timer()
         probe = self._probe(parent)
         if probe is not None:
             probe.draining()
@@ -509,12 +381,6 @@ def _enable_multiprocess_metrics(hostname: str, settings: Settings) -> None:
         metrics.use_multiprocess_dir(directory)
     except OSError as exc:  # metrics of pool processes are lost, the worker still runs
         log.warning("multiprocess metrics unavailable (%s): counters cover the main process only", exc)
-
-
-def _pid() -> int:
-    import os
-
-    return os.getpid()
 
 
 def _url_host(host: str) -> str:

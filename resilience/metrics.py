@@ -3,11 +3,18 @@
 Counters any feature may increment, from any process of the worker::
 
     from resilience import metrics
-    metrics.jobs_dead_lettered.labels(task="billing.charge").inc()
     metrics.stuck_jobs_recovered.labels(task=name, action="requeued").inc()
     metrics.alerts_sent.labels(rule="breaker_state", level="critical").inc()
     metrics.alerts_suppressed.labels(rule="breaker_state").inc()
     metrics.redis_reconnects.labels(client="publisher").inc()
+
+The job lifecycle (started, succeeded, failed, retried, run time) is counted
+here from Celery's task signals. So is ``jobs_dead_lettered`` for jobs that
+fail in their run (a failure that reaches Celery was not retried, and the
+platform dead-letters it); a feature that dead-letters a job outside its run's
+failure path (the sweep, a poison job, a replay) increments it itself::
+
+    metrics.jobs_dead_lettered.labels(task="billing.charge").inc()
 
 Why multiprocess mode: jobs run in prefork pool processes, and so do the
 features that count things (dead letters, breakers, alerts). Counting in the

@@ -181,3 +181,20 @@ def test_feature_health_false_starts_no_server(log_dir, r):
         wait_for(lambda: r.zrange(keys().worker_heartbeats, 0, -1), timeout=30, message="a heartbeat")
         assert r.hlen(keys().worker_health) == 0
         assert "health server" not in worker.log()
+
+
+def test_health_workers_command_probes_every_registered_worker(app, r):
+    import subprocess
+    import sys
+
+    with configure(**FAST), in_process_worker(app) as worker:
+        url = probe_url(worker)
+        wait_for(answers(url, "/health", 200), timeout=30, message="/health 200")
+        wait_for(lambda: r.hlen(keys().worker_health), timeout=20, message="the registration")
+        proc = subprocess.run([sys.executable, "-m", "resilience.cli", "health", "workers", "--json"],
+                              capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    report = json.loads(proc.stdout)
+    assert report["healthy"] is True
+    [(wid, result)] = report["workers"].items()
+    assert wid.startswith(worker.hostname + "|") and result["url"] == url and result["status"] == "ok"
