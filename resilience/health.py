@@ -242,11 +242,16 @@ class WorkerProbe:
 
 
 def _consumed_queues(consumer: Any) -> list[str] | None:
+    """Task queues the consumer both subscribes to and polls (None when unknown)."""
     task_consumer = getattr(consumer, "task_consumer", None)
     if task_consumer is None:
         return None
     try:
-        return sorted(q.name for q in task_consumer.queues)
+        names = {q.name for q in task_consumer.queues}
+        polled = getattr(getattr(task_consumer, "channel", None), "_active_queues", None)
+        if isinstance(polled, list):  # kombu's virtual transports (Redis): the queues really polled
+            names &= set(polled)
+        return sorted(names)
     except Exception:
         return None
 
