@@ -52,6 +52,7 @@ class HealthMonitor:
         self.checked_at: float | None = None
         self.last_ok_at: float | None = None
         self.heartbeat_at: float | None = None
+        self.started_at = clock()
 
     def client(self) -> redis.Redis:
         """A client with the short health timeouts; raises at once while the last PING failed."""
@@ -154,6 +155,9 @@ class HealthMonitor:
         if not self.settings.feature_stuck_jobs:
             return {"ok": True, "skipped": "FEATURE_STUCK_JOBS is off"}
         if self.heartbeat_at is None:
+            waited = self._clock() - self.started_at
+            if waited > self.settings.worker_heartbeat_timeout_sec:
+                return {"ok": False, "age_sec": None, "error": f"no heartbeat recorded in {waited:.0f}s"}
             return {"ok": True, "age_sec": None, "note": "no heartbeat recorded yet"}
         age = round(max(0.0, self._clock() - self.heartbeat_at), 1)
         ok = age <= self.settings.worker_heartbeat_timeout_sec

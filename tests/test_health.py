@@ -198,3 +198,17 @@ def test_health_workers_command_probes_every_registered_worker(app, r):
     assert report["healthy"] is True
     [(wid, result)] = report["workers"].items()
     assert wid.startswith(worker.hostname + "|") and result["url"] == url and result["status"] == "ok"
+
+
+def test_the_heartbeat_check_fails_when_the_heartbeat_is_older_than_the_timeout():
+    from resilience.healthmonitor import HealthMonitor
+
+    now = [1000.0]
+    monitor = HealthMonitor(load_settings({"WORKER_HEARTBEAT_TIMEOUT_SEC": "10"}), clock=lambda: now[0])
+    assert monitor.heartbeat_check()["ok"] is True  # just started, nothing recorded yet
+    monitor.heartbeat_at = 995.0
+    assert monitor.heartbeat_check() == {"ok": True, "age_sec": 5.0}
+    now[0] = 1011.0
+    assert monitor.heartbeat_check()["ok"] is False
+    monitor.heartbeat_at = None
+    assert "no heartbeat" in monitor.heartbeat_check()["error"]
