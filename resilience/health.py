@@ -287,6 +287,12 @@ class HealthServerStep(bootsteps.StartStopStep):
             _enable_multiprocess_metrics(parent.hostname, settings)
 
     def start(self, parent):
+        try:
+            self._start(parent)
+        except Exception:  # the probe is an observer: the worker runs without it rather than not at all
+            log.exception("health server of %s not started", parent.hostname)
+
+    def _start(self, parent) -> None:
         from resilience import metrics, status
         from resilience.healthserver import serve
 
@@ -305,8 +311,6 @@ class HealthServerStep(bootsteps.StartStopStep):
         probe.monitor.start()
 
     def stop(self, parent):
-        from resilience import metrics
-
         probe = self.probe
         probe.draining()
         if probe.server is not None:
@@ -315,10 +319,8 @@ class HealthServerStep(bootsteps.StartStopStep):
         if probe.monitor is not None:
             probe.monitor.stop()
             probe.monitor.unregister()
-        metrics.remove_multiprocess_dir()
 
-    def shutdown(self, parent):
-        self.stop(parent)
+    shutdown = terminate = stop
 
 
 class ConsumerProbeStep(bootsteps.StartStopStep):
@@ -397,6 +399,13 @@ def _on_worker_shutting_down(**_: Any) -> None:
         _probe.draining()
 
 
+def _on_worker_shutdown(**_: Any) -> None:
+    """After the pool has stopped: this run's metric files are of no further use."""
+    from resilience import metrics
+
+    metrics.remove_multiprocess_dir()
+
+
 def install(app, settings: Settings) -> None:
     """Health server, probes and metrics; with FEATURE_HEALTH=false nothing is started."""
     if not settings.feature_health:
@@ -410,4 +419,5 @@ def install(app, settings: Settings) -> None:
     metrics.connect_signals()
     signals.worker_shutting_down.connect(_on_worker_shutting_down, weak=False,
                                          dispatch_uid="resilience.health.shutting_down")
+    signals.worker_shutdown.connect(_on_worker_shutdown, weak=False, dispatch_uid="resilience.health.shutdown")
     beatprobe.install(app, settings)

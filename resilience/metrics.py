@@ -112,9 +112,11 @@ def multiprocess_dir() -> str | None:
 
 
 def remove_multiprocess_dir() -> None:
-    """Forget this worker's value files (at shutdown)."""
+    """Forget this worker's value files (at shutdown, once its pool has stopped)."""
+    global _multiprocess_dir
     if _multiprocess_dir:
         shutil.rmtree(_multiprocess_dir, ignore_errors=True)
+        _multiprocess_dir = None
 
 
 def prune_stale_dirs(root: Path, node: str, keep: Path) -> None:
