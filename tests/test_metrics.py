@@ -6,6 +6,7 @@ and their counts must reach the main process's /metrics.
 
 from __future__ import annotations
 
+import contextlib
 import json
 
 import httpx
@@ -30,6 +31,16 @@ def scrape(url: str) -> dict[tuple[str, tuple], float]:
 
 def value(samples, name: str, **labels) -> float:
     return samples.get((name, tuple(sorted(labels.items()))), 0.0)
+
+
+@contextlib.contextmanager
+def _log_on_failure(worker: SubprocessWorker):
+    """Show the worker's log when the test fails."""
+    try:
+        yield
+    except BaseException:
+        print(worker.log()[-8000:])
+        raise
 
 
 def health_url(r, worker: SubprocessWorker) -> str:
@@ -121,13 +132,29 @@ def test_a_scrape_with_redis_unreachable_serves_the_last_gauges(app, r):
     assert "resilience_dead_letter_entries 1.0" in text
 
 
-import contextlib  # noqa: E402
+@pytest.mark.slow
+def test_counts_of_a_killed_pool_process_stay_counted(app, log_dir, r):
+    import os
+    import signal
 
+    from tests.jobs import add
 
-@contextlib.contextmanager
-def _log_on_failure(worker):
-    try:
-        yield
-    except BaseException:
-        print(worker.log()[-8000:])
-        raise
+    env = settings_env(HEALTH_PORT=0, HEALTH_REFRESH_INTERVAL_SEC=0.2)
+    with SubprocessWorker(log_dir, env=env, concurrency=2, pool="prefork", include=["tests.jobs"]) as worker, \
+            _log_on_failure(worker):
+        url = health_url(r, worker)
+        for n in range(4):
+            add.delay(n, n).get(timeout=60)
+        before = worker.pool_pids()
+        for pid in before:
+            os.kill(pid, signal.SIGKILL)  # the pool replaces them
+
+        def replaced():
+            body = httpx.get(f"{url}/health", timeout=5).json()
+            pool = body["checks"]["pool"]
+            return body if pool["alive"] == 2 and not set(worker.pool_pids()) & set(before) else None
+
+        wait_for(replaced, timeout=60, message="replacement pool processes")
+        add.delay(9, 9).get(timeout=60)
+        samples = scrape(url)
+    assert value(samples, "resilience_jobs_succeeded_total", task="tests.add") == 5
