@@ -84,6 +84,16 @@ class Keys:
         """Hash: worker id -> JSON (hostname, pid, started_at, held delivery tags)."""
         return self._k("workers:info")
 
+    @property
+    def worker_health(self) -> str:
+        """Hash: worker id -> JSON (host, port, url, pid) of its health server."""
+        return self._k("workers:health")
+
+    @property
+    def beat_published(self) -> str:
+        """Hash: beat schedule entry name -> epoch seconds beat last published it."""
+        return self._k("beat:published")
+
     def lock(self, name: str) -> str:
         """String with TTL: a token-checked lock."""
         return self._k(f"locks:{name}")

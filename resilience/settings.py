@@ -246,6 +246,20 @@ class Settings:
     flower_basic_auth: str | None = _setting("FLOWER_BASIC_AUTH", None, _basic_auth,
         "user:password for Flower; `resilience up` generates one when unset")
 
+    # -- Health endpoints and metrics -------------------------------------------------
+    health_port_tries: int = _setting("HEALTH_PORT_TRIES", 10, _positive_int,
+        "Ports tried from HEALTH_PORT upward, so workers on one host do not collide")
+    health_redis_timeout_sec: float = _setting("HEALTH_REDIS_TIMEOUT_SEC", 0.5, _positive_float,
+        "Bound on the health monitor's Redis PING; probes answer from its cached result")
+    health_refresh_interval_sec: float = _setting("HEALTH_REFRESH_INTERVAL_SEC", 1.0, _positive_float,
+        "How often the health monitor refreshes its cached checks in the background")
+    health_loop_stall_sec: float = _setting("HEALTH_LOOP_STALL_SEC", 30.0, _positive_float,
+        "A connected consumer whose event loop has not ticked for this long is wedged (503)")
+    metrics_cache_sec: float = _setting("METRICS_CACHE_SEC", 5.0, _non_negative_float,
+        "Queue depths and other gauges read from Redis are reused for this long between scrapes")
+    health_beat_pulse_sec: float = _setting("HEALTH_BEAT_PULSE_SEC", 15.0, _positive_float,
+        "Beat publishes a pulse this often; `resilience health beat` fails when it is 3 pulses late")
+
     # -- Feature flags -------------------------------------------------------------
     feature_enhanced_redis: bool = _setting("FEATURE_ENHANCED_REDIS", True, _parse_bool,
         "Fast reconnects, connection state tracking and the publish spool")

@@ -12,10 +12,13 @@ import json
 import time
 from typing import Any
 
+import redis
 from rich.console import Group
 from rich.table import Table
 
+from resilience.errors import StoreUnavailable
 from resilience.keys import keys
+from resilience.redact import redact
 from resilience.settings import get_settings
 from resilience.store import get_redis
 
@@ -31,12 +34,32 @@ def _queues(app=None) -> list[str]:
     return sorted(names)
 
 
-def collect(app=None, *, now: float | None = None, top_errors: int = 5) -> dict[str, Any]:
-    """A JSON-ready snapshot of the platform's state."""
+def _number(value: Any, kind: type = int, default: Any = 0) -> Any:
+    try:
+        return kind(value)
+    except (TypeError, ValueError):
+        return default
+
+
+def _json_object(raw: Any) -> dict[str, Any] | None:
+    try:
+        value = json.loads(raw)
+    except (TypeError, ValueError):
+        return None
+    return value if isinstance(value, dict) else None
+
+
+def collect(app=None, *, now: float | None = None, top_errors: int = 5, client=None) -> dict[str, Any]:
+    """A JSON-ready snapshot of the platform's state.
+
+    Malformed entries (a breaker that is not JSON, a non-numeric count) are
+    reported as such, never raised. An unreachable Redis raises
+    :class:`~resilience.errors.StoreUnavailable`.
+    """
     now = time.time() if now is None else now
     settings = get_settings()
     k = keys()
-    client = get_redis()
+    client = client or get_redis()
     queues = _queues(app)
     pipe = client.pipeline(transaction=False)
     for queue in queues:
@@ -48,30 +71,36 @@ def collect(app=None, *, now: float | None = None, top_errors: int = 5) -> dict[
     pipe.hgetall(k.breakers_status)
     pipe.hgetall(k.errors_patterns)
     pipe.hlen("unacked")
-    results = pipe.execute()
-    depths = dict(zip(queues, results[: len(queues)], strict=True))
-    active, scheduled, dead, beats, breakers_raw, patterns, unacked = results[len(queues):]
+    pipe.hgetall(k.worker_health)
+    try:
+        results = pipe.execute()
+    except (redis.ConnectionError, redis.TimeoutError) as err:
+        where = redact(settings.redis_url) if settings.redis_url else "the embedded Redis"
+        raise StoreUnavailable(f"Redis at {where} is unreachable: {err}") from err
+    depths = {q: _number(n) for q, n in zip(queues, results[: len(queues)], strict=True)}
+    active, scheduled, dead, beats, breakers_raw, patterns, unacked, health_raw = results[len(queues):]
 
     workers = []
     for worker, beat in beats:
-        age = max(0.0, now - float(beat))
-        workers.append({"worker": worker, "heartbeat_age_sec": round(age, 1),
-                        "alive": age <= settings.worker_heartbeat_timeout_sec})
+        age = max(0.0, now - _number(beat, float, now))
+        entry: dict[str, Any] = {"worker": worker, "heartbeat_age_sec": round(age, 1),
+                                 "alive": age <= settings.worker_heartbeat_timeout_sec}
+        registration = _json_object(health_raw.get(worker))
+        if registration and registration.get("url"):
+            entry["health_url"] = str(registration["url"])
+        workers.append(entry)
     breakers = {}
     for name, raw in breakers_raw.items():
-        try:
-            breakers[name] = json.loads(raw)
-        except ValueError:
-            breakers[name] = {"state": "malformed", "raw": raw}
-    top = sorted(((p, int(c)) for p, c in patterns.items()), key=lambda pc: -pc[1])[:top_errors]
+        breakers[name] = _json_object(raw) or {"state": "malformed", "raw": str(raw)[:200]}
+    top = sorted(((p, _number(c)) for p, c in patterns.items()), key=lambda pc: (-pc[1], pc[0]))[:top_errors]
     return {
         "timestamp": now,
         "queues": depths,
         "pending": sum(depths.values()),
-        "active": active,
-        "unacked": unacked,
-        "scheduled_retries": scheduled,
-        "dead_letter": dead,
+        "active": _number(active),
+        "unacked": _number(unacked),
+        "scheduled_retries": _number(scheduled),
+        "dead_letter": _number(dead),
         "workers": workers,
         "workers_alive": sum(1 for w in workers if w["alive"]),
         "breakers": breakers,
@@ -97,8 +126,10 @@ def render(snapshot: dict[str, Any]) -> Group:
     workers.add_column("worker")
     workers.add_column("heartbeat age", justify="right")
     workers.add_column("state")
+    workers.add_column("health")
     for w in snapshot["workers"]:
-        workers.add_row(w["worker"], f"{w['heartbeat_age_sec']:.1f}s", "alive" if w["alive"] else "DEAD")
+        workers.add_row(w["worker"], f"{w['heartbeat_age_sec']:.1f}s", "alive" if w["alive"] else "DEAD",
+                        w.get("health_url", ""))
 
     breakers = Table(title="Circuit breakers")
     breakers.add_column("breaker")
@@ -106,6 +137,8 @@ def render(snapshot: dict[str, Any]) -> Group:
     breakers.add_column("failures", justify="right")
     for name, b in snapshot["breakers"].items():
         breakers.add_row(name, str(b.get("state")), str(b.get("failures", "")))
+    if not snapshot["breakers"]:
+        breakers.add_row("(none)", "", "")
 
     errors = Table(title="Top error patterns")
     errors.add_column("component:operation:error_type")

@@ -16,4 +16,11 @@ from tasks.app import app
 
 # -- health and metrics (resilience.health) ------------------------------------------
 
+
+@app.task(name="resilience.beat_pulse", ignore_result=True)
+def beat_pulse() -> None:
+    """Beat's pulse (see resilience.beatprobe): publishing it is the point; running it does nothing."""
+    return None
+
+
 __all__ = ["app"]

@@ -20,9 +20,9 @@ def main() -> None:
 
 
 def _register() -> None:
-    from resilience.cli import breakers, demo, dlq, errors, status, sweep, up
+    from resilience.cli import breakers, demo, dlq, errors, health, status, sweep, up
 
-    for module in (up, demo, status, dlq, breakers, errors, sweep):
+    for module in (up, demo, status, dlq, breakers, errors, sweep, health):
         main.add_command(module.command)
 
 

@@ -1,8 +1,14 @@
-"""``resilience status``: the job health dashboard."""
+"""``resilience status``: the job health dashboard.
+
+``--json`` prints one JSON object on stdout and nothing else. When Redis
+cannot be reached the command says so on stderr and exits with status 1
+(``--watch`` keeps refreshing and shows the error until Redis is back).
+"""
 
 from __future__ import annotations
 
 import json
+import sys
 import time
 
 import click
@@ -16,21 +22,34 @@ import click
 def command(as_json: bool, watch: bool, interval: float) -> None:
     from rich.console import Console
     from rich.live import Live
+    from rich.text import Text
 
+    from resilience.errors import StoreUnavailable
     from resilience.status import collect, render
     from tasks.app import app
 
-    if as_json:
-        click.echo(json.dumps(collect(app)))
+    if as_json or not watch:
+        try:
+            snapshot = collect(app)
+        except StoreUnavailable as err:
+            click.echo(f"error: {err}", err=True)
+            sys.exit(1)
+        if as_json:
+            click.echo(json.dumps(snapshot, default=str))
+        else:
+            Console().print(render(snapshot))
         return
-    console = Console()
-    if not watch:
-        console.print(render(collect(app)))
-        return
-    with Live(render(collect(app)), console=console, refresh_per_second=4) as live:
+
+    def view():
+        try:
+            return render(collect(app))
+        except StoreUnavailable as err:
+            return Text(f"{time.strftime('%H:%M:%S')}  {err}  (retrying every {interval:g}s)", style="bold red")
+
+    with Live(view(), console=Console(), refresh_per_second=4) as live:
         try:
             while True:
                 time.sleep(interval)
-                live.update(render(collect(app)))
+                live.update(view())
         except KeyboardInterrupt:
             pass

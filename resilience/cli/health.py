@@ -1,0 +1,85 @@
+"""``resilience health``: probes for operators and container health checks.
+
+``resilience health beat`` checks beat (see :mod:`resilience.beatprobe`);
+``resilience health workers`` asks every registered worker's ``/health``.
+Both exit 0 when healthy and 1 otherwise; ``--json`` prints JSON only.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+
+import click
+
+
+@click.group(name="health", help="Health probes: beat, and every worker's /health.")
+def command() -> None:
+    """Health probes."""
+
+
+def _fail_unreachable(err: Exception) -> None:
+    click.echo(f"error: Redis is unreachable: {err}", err=True)
+    sys.exit(1)
+
+
+@command.command(name="beat", help="Is beat's schedule ticking and every periodic entry published on time?")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON only.")
+def beat(as_json: bool) -> None:
+    import redis
+
+    from resilience.beatprobe import check
+    from tasks.app import app
+
+    try:
+        report = check(app)
+    except (redis.ConnectionError, redis.TimeoutError) as err:
+        _fail_unreachable(err)
+        return
+    if as_json:
+        click.echo(json.dumps(report))
+    else:
+        for name, result in report["checks"].items():
+            mark = "ok  " if result["ok"] else "FAIL"
+            click.echo(f"{mark} {name}: {result.get('error') or result}")
+        click.echo(f"beat: {report['status']}")
+    sys.exit(0 if report["status"] == "ok" else 1)
+
+
+@command.command(name="workers", help="GET /health of every worker registered in workers:health.")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON only.")
+@click.option("--timeout", default=1.0, show_default=True, help="Seconds to wait for each worker.")
+def workers(as_json: bool, timeout: float) -> None:
+    import httpx
+    import redis
+
+    from resilience.keys import keys
+    from resilience.store import get_redis
+
+    try:
+        registered = get_redis().hgetall(keys().worker_health)
+    except (redis.ConnectionError, redis.TimeoutError) as err:
+        _fail_unreachable(err)
+        return
+    results = {}
+    for worker, raw in sorted(registered.items()):
+        try:
+            url = json.loads(raw)["url"]
+        except (ValueError, KeyError, TypeError):
+            results[worker] = {"status": "malformed registration"}
+            continue
+        try:
+            response = httpx.get(f"{url}/health", timeout=timeout)
+            results[worker] = {"url": url, "code": response.status_code, **response.json()}
+        except Exception as exc:  # unreachable worker: report, keep going
+            results[worker] = {"url": url, "status": "unreachable", "error": f"{type(exc).__name__}: {exc}"}
+    healthy = bool(results) and all(r.get("status") == "ok" for r in results.values())
+    if as_json:
+        click.echo(json.dumps({"healthy": healthy, "workers": results}, default=str))
+    else:
+        if not results:
+            click.echo("no worker has registered a health server")
+        for worker, result in results.items():
+            failed = ", ".join(result.get("failed") or []) or result.get("error", "")
+            click.echo(f"{result.get('status', '?'):10} {worker}  {result.get('url', '')}  {failed}")
+    sys.exit(0 if healthy else 1)
