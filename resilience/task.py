@@ -132,6 +132,12 @@ class ResilientTask(Task):
         from resilience import retrying
 
         countdown, max_retries = retrying.resolve_retry(self, exc, eta, countdown, max_retries)
+        request = self.request
+        if not (request.called_directly or request.is_eager) and (
+                max_retries is None or (request.retries or 0) < max_retries):
+            # Close this run before the retry is published, so the retry's
+            # delivery is not refused as a duplicate of a live run.
+            executions.finish(self, "retrying", attempt=(request.retries or 0) + 1)
         return super().retry(args=args, kwargs=kwargs, exc=exc, throw=throw, eta=eta,
                              countdown=countdown, max_retries=max_retries, **options)
 

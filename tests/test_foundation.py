@@ -129,3 +129,12 @@ def test_a_running_worker_records_its_heartbeat(app, worker, r):
 
     beats = wait_for(lambda: r.zrange(keys().worker_heartbeats, 0, -1), timeout=20, message="a heartbeat")
     assert any(b.startswith(worker.hostname + "|") for b in beats)
+
+
+def test_a_retried_job_runs_again_with_the_guard_on(app, worker):
+    """Regression: the retry's delivery must not be refused as a duplicate of the first run."""
+    from tests.jobs import fail_transient, runs
+
+    result = fail_transient.delay(1)  # fails once, then succeeds
+    assert result.get(timeout=30) == "recovered"
+    assert runs(result.id) == 2
