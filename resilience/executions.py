@@ -53,8 +53,8 @@ def _now() -> float:
 
 
 def owner_of(task) -> str:
-    """The worker id of the run behind ``task.request``."""
-    return worker_id(task.request.hostname)
+    """The worker id of the run behind ``task.request`` (set by ResilientRequest)."""
+    return getattr(task.request, "resilience_worker", None) or worker_id(task.request.hostname)
 
 
 def progress_timeout_of(task) -> float:

@@ -1,6 +1,7 @@
 """The worker-side request class of ``ResilientTask``.
 
-It runs in the worker's main process. When a pool process dies in the middle
+It runs in the worker's main process. It hands the worker id to the job (see
+``__init__``). When a pool process dies in the middle
 of a job (``WorkerLostError``: killed, out of memory, segfault), Celery
 requeues the message (``task_reject_on_worker_lost``). Before that we mark the
 job's execution record "crashed", keeping its delivery count, so the
@@ -19,6 +20,16 @@ log = logging.getLogger(__name__)
 
 
 class ResilientRequest(Request):
+    def __init__(self, message, *args, **kwargs):
+        super().__init__(message, *args, **kwargs)
+        # Pool processes do not know their worker's node name (Celery's
+        # trace_task_ret sets request.hostname to the machine's name), so the
+        # worker id travels with the request: the execution guard compares it
+        # with the worker's heartbeat.
+        from resilience.identity import worker_id
+
+        self._request_dict["resilience_worker"] = worker_id(self._hostname)
+
     def on_failure(self, exc_info, send_failed_event=True, return_ok=False):
         if isinstance(getattr(exc_info, "exception", None), WorkerLostError):
             try:

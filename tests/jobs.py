@@ -54,3 +54,11 @@ def fail_transient(self, times: int = 99) -> str:
     if n <= times:
         raise ConnectionError(f"transient failure {n}")
     return "recovered"
+
+
+@app.task(bind=True, name="tests.whoami")
+def whoami(self) -> dict:
+    """The request as the job sees it (hostname, delivery tag, idempotency key)."""
+    properties = getattr(self.request, "properties", None) or {}
+    return {"hostname": self.request.hostname, "worker": getattr(self.request, "resilience_worker", None), "delivery_tag": properties.get("delivery_tag"),
+            "idempotency_key": getattr(self.request, "idempotency_key", None)}

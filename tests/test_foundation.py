@@ -138,3 +138,13 @@ def test_a_retried_job_runs_again_with_the_guard_on(app, worker):
     result = fail_transient.delay(1)  # fails once, then succeeds
     assert result.get(timeout=30) == "recovered"
     assert runs(result.id) == 2
+
+
+def test_a_job_knows_the_worker_id_its_worker_heartbeats_under(app, worker, r):
+    """The guard tells live runs by this id, so it must match the heartbeat's."""
+    from resilience.keys import keys
+    from tests.jobs import whoami
+
+    seen = whoami.delay().get(timeout=20)
+    assert seen["worker"].startswith(worker.hostname + "|")
+    assert r.zscore(keys().worker_heartbeats, seen["worker"]) is not None
