@@ -81,3 +81,41 @@ class WebhookReceiver:
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
+
+
+def start_demo_receiver() -> WebhookReceiver | None:
+    """For ``resilience demo``: when ``ALERT_WEBHOOK_URL`` is unset, receive the alerts locally.
+
+    The URL and a fresh secret go into this process's environment before the
+    platform starts, so its worker and beat send their alerts here.
+    """
+    import os
+    import secrets
+
+    from resilience.settings import get_settings, reset_settings
+
+    settings = get_settings()
+    if settings.alert_webhook_url or not settings.feature_alerting:
+        return None
+    receiver = WebhookReceiver(secrets.token_hex(16)).start()
+    os.environ["ALERT_WEBHOOK_URL"] = receiver.url
+    os.environ["ALERT_WEBHOOK_SECRET"] = receiver.secret or ""
+    reset_settings()
+    return receiver
+
+
+def render_alerts(receiver: WebhookReceiver, last: int = 6):
+    """A rich table of the newest alerts the receiver got."""
+    from rich.table import Table
+
+    table = Table(title=f"Alerts received at {receiver.url} ({len(receiver.alerts)} in total)")
+    for column in ("level", "title", "rule", "signature"):
+        table.add_column(column)
+    with receiver._lock:
+        newest = list(receiver.alerts[-last:])
+    for received in reversed(newest):
+        payload = received.payload
+        table.add_row(payload.get("level", ""), payload.get("title", "")[:70],
+                      str((payload.get("context") or {}).get("rule", "")),
+                      "verified" if received.verified else "INVALID")
+    return table
