@@ -8,10 +8,11 @@ Interface used by other features::
 ``subject`` what it is about (a breaker name, a queue): the same rule and
 subject are sent at most once per ``ALERT_WINDOW_SEC`` across the whole cluster.
 
-Delivery. :func:`alert` never blocks and never raises: it logs the alert and
-puts it on a bounded in-process queue (``ALERT_QUEUE_MAX``; when full the alert
+Delivery. :func:`alert` never blocks and never raises: it puts the alert on
+a bounded in-process queue (``ALERT_QUEUE_MAX``; when full the alert
 is dropped with a warning). A daemon sender thread (one per process, started
-lazily and again after fork) decides with one Lua call (``lua/alert_gate.lua``:
+lazily and again after fork) builds and redacts the payload, logs the alert,
+decides with one Lua call (``lua/alert_gate.lua``:
 ``SET NX PX`` on ``alerts:window:<rule>:<subject>``, else a counter of
 suppressed repeats) and POSTs ``ALERT_WEBHOOK_URL`` with a timeout
 (``ALERT_WEBHOOK_TIMEOUT_SEC``) and bounded retries with capped exponential
@@ -133,22 +134,30 @@ def _ensure_sender() -> queue.Queue:
 
 def alert(rule: str, subject: str, *, level: str, title: str, message: str, component: str,
           context: dict[str, Any] | None = None) -> None:
-    """Raise an alert: logged now, posted by the sender thread (at most once per window)."""
+    """Raise an alert: queued for the sender thread, which logs, deduplicates and posts it.
+
+    Cheap and non-blocking (the payload is built and redacted on the sender
+    thread); never raises.
+    """
     try:
-        log.log(logging.CRITICAL if level == "critical" else logging.WARNING,
-                "alert [%s] %s: %s (%s/%s)", level, redact_text(str(title)), redact_text(str(message)), rule,
-                subject)
         settings = get_settings()
         if not settings.feature_alerting:
+            _log_alert(rule, subject, level, title, message)
             return
-        payload = build_payload(level=level, title=title, message=message, component=component,
-                                context={**(context or {}), "rule": rule, "subject": subject}, settings=settings)
+        item = (rule, str(subject), dict(level=level, title=title, message=message, component=component,
+                                         context={**(context or {}), "rule": rule, "subject": subject},
+                                         now=time.time()))
         try:
-            _ensure_sender().put_nowait((rule, str(subject), payload))
+            _ensure_sender().put_nowait(item)
         except queue.Full:
             log.warning("alert queue full (%d): dropped alert %s/%s", settings.alert_queue_max, rule, subject)
     except Exception as exc:  # observers never break what they observe
         log.warning("alert %s/%s not queued: %s", rule, subject, exc)
+
+
+def _log_alert(rule: str, subject: str, level: str, title: str, message: str) -> None:
+    log.log(logging.CRITICAL if level == "critical" else logging.WARNING, "alert [%s] %s: %s (%s/%s)",
+            level, redact_text(str(title)), redact_text(str(message)), rule, subject)
 
 
 def _send_loop(sender: _Sender) -> None:
@@ -157,7 +166,7 @@ def _send_loop(sender: _Sender) -> None:
     while True:
         timeout = _SUMMARY_POLL_SEC if time.monotonic() < sender.watch_until else 5.0
         try:
-            rule, subject, payload = q.get(timeout=timeout)
+            rule, subject, fields = q.get(timeout=timeout)
         except queue.Empty:
             if sender.watch_until:  # a window this process saw may have ended
                 _safely(send_due_summaries)
@@ -165,7 +174,8 @@ def _send_loop(sender: _Sender) -> None:
                     sender.watch_until = 0.0
             continue
         try:
-            _deliver(sender, rule, subject, payload)
+            _log_alert(rule, subject, fields["level"], fields["title"], fields["message"])
+            _deliver(sender, rule, subject, build_payload(**fields))
         except Exception as exc:
             log.warning("alert %s/%s not delivered: %s", rule, subject, exc)
         finally:

@@ -12,9 +12,11 @@ Where: ``errors:timeline`` (sorted set scored by epoch ms, JSON records, trimmed
 ``task`` and the operation the task name.
 
 Why batched: a job must not wait on its own error report. :func:`record_error`
-only appends to a bounded in-process buffer; a daemon flusher thread (one per
-process, started lazily and again after fork) writes the buffer every
-``ERROR_FLUSH_INTERVAL_SEC`` in one Lua call (``lua/errors_record.lua``). The
+only captures the raw facts (type, message, frame names, context) into a bounded
+in-process buffer; a daemon flusher thread (one per process, started lazily and
+again after fork) redacts, fingerprints and serialises them and writes the buffer
+every ``ERROR_FLUSH_INTERVAL_SEC`` in one Lua call (``lua/errors_record.lua``),
+then raises the ``job_failed`` alert of each final failure. The
 buffer is flushed when a worker process shuts down and at interpreter exit.
 Every Redis failure is logged and swallowed; records stay buffered (the oldest
 are dropped beyond ``ERROR_BUFFER_MAX``) until Redis answers again.
@@ -33,6 +35,7 @@ import atexit
 import collections
 import hashlib
 import json
+import linecache
 import logging
 import os
 import re
@@ -41,6 +44,7 @@ import threading
 import time
 import traceback as tb_module
 import uuid
+from dataclasses import dataclass
 from types import TracebackType
 from typing import Any
 
@@ -59,6 +63,7 @@ log = logging.getLogger(__name__)
 _MAX_MESSAGE = 2000
 _MAX_TRACEBACK = 8000
 _MAX_FRAMES = 30
+_WRITE_CHUNK = 500  # records per Lua call: a large backlog never blocks Redis for long
 
 _NORMALISERS = [
     (re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}", re.I), "<uuid>"),
@@ -110,12 +115,34 @@ def _type_name(exc: BaseException | type) -> str:
 
 # -- the buffer and its flusher -------------------------------------------------------
 
+@dataclass
+class _Pending:
+    """The raw facts of one error, captured cheaply on the job's thread.
+
+    Redaction, traceback text, fingerprint and JSON are made by the flusher.
+    """
+
+    now: float
+    error_id: str
+    component: str
+    operation: str
+    error_type: str
+    message: str
+    frames: list[tuple[str, str, int, str]]  # module, filename, line, function
+    job_id: str | None
+    task: str | None
+    worker: str | None
+    context: dict[str, Any]
+    alert_failure: bool = False
+
+
 class _Buffer:
-    """Records waiting for the flusher thread of this process."""
+    """Errors waiting for the flusher thread of this process."""
 
     def __init__(self) -> None:
         self.lock = threading.Lock()
-        self.items: collections.deque[tuple[int, str, str]] = collections.deque()
+        self.items: collections.deque[_Pending] = collections.deque()
+        self.unwritten: collections.deque[tuple[int, str, str]] = collections.deque()  # built, Redis was away
         self.dropped = 0
         self.wake = threading.Event()
         self.thread: threading.Thread | None = None
@@ -154,93 +181,135 @@ def _flush_loop() -> None:
         flush()
 
 
-def _enqueue(score: int, record_json: str, pattern: str) -> None:
+def _trim(queue: collections.deque, limit: int) -> int:
+    dropped = 0
+    while len(queue) > limit:
+        queue.popleft()
+        dropped += 1
+    return dropped
+
+
+def _enqueue(item: _Pending) -> None:
     limit = get_settings().error_buffer_max
     _ensure_flusher()
     with _buffer.lock:
-        _buffer.items.append((score, record_json, pattern))
-        while len(_buffer.items) > limit:
-            _buffer.items.popleft()
-            _buffer.dropped += 1
+        _buffer.items.append(item)
+        _buffer.dropped += _trim(_buffer.items, limit)
+
+
+def _build(item: _Pending) -> dict[str, Any]:
+    frames = [f"{module}:{func}" for module, _, _, func in item.frames if not module.startswith(_MACHINERY)]
+    record = {
+        "error_id": item.error_id,
+        "component": item.component,
+        "operation": item.operation,
+        "error_type": item.error_type,
+        "error_message": redact_text(item.message)[:_MAX_MESSAGE],
+        "job_id": item.job_id,
+        "task": item.task,
+        "worker": item.worker or socket.gethostname(),
+        "fingerprint": fingerprint(item.operation, item.error_type, item.message, frames[-_MAX_FRAMES:]),
+        "context": redact(item.context),
+        "timestamp": item.now,
+    }
+    if item.frames:
+        summary = tb_module.StackSummary.from_list(
+            [(filename, line, func, linecache.getline(filename, line).strip())
+             for _, filename, line, func in item.frames])
+        text = "Traceback (most recent call last):\n" + "".join(summary.format()) + \
+            f"{item.error_type}: {item.message}"
+        record["traceback"] = redact_text(text)[-_MAX_TRACEBACK:]
+    return record
 
 
 def flush() -> int:
-    """Write every buffered record now (one Lua call); return how many were written.
+    """Build and write every buffered record now (one Lua call); return how many were written.
 
-    Never raises: a failure is logged and the records stay buffered.
+    Runs on the flusher thread (and at shutdown), never on a job's path. A job's
+    final failure raises its ``job_failed`` alert here, once its fingerprint is
+    known. Never raises: a failure is logged and the built records stay buffered.
     """
+    settings = get_settings()
     with _buffer.lock:
-        batch = list(_buffer.items)
+        pending = list(_buffer.items)
         _buffer.items.clear()
+        batch = list(_buffer.unwritten)
+        _buffer.unwritten.clear()
         dropped, _buffer.dropped = _buffer.dropped, 0
     if dropped:
         log.warning("error tracking dropped %d records (buffer full while Redis was unavailable)", dropped)
+    for item in pending:
+        try:
+            record = _build(item)
+            batch.append((int(item.now * 1000), json.dumps(record, default=str),
+                          f"{item.component}:{item.operation}:{item.error_type}"))
+            if item.alert_failure:
+                _alert_job_failed(record)
+        except Exception as exc:
+            log.warning("error tracking could not build a record: %s", exc)
     if not batch:
         return 0
-    settings = get_settings()
+    written = 0
     try:
         k = keys()
-        now_ms = int(time.time() * 1000)
-        cutoff = now_ms - int(settings.error_retention_days * 86400 * 1000)
-        argv: list[Any] = [cutoff, settings.error_timeline_max_entries]
-        for score, record_json, pattern in batch:
-            argv += [score, record_json, pattern]
-        return int(load_script("errors_record")(keys=[k.errors_timeline, k.errors_patterns], args=argv))
+        script = load_script("errors_record")
+        while batch:
+            chunk = batch[:_WRITE_CHUNK]
+            now_ms = int(time.time() * 1000)
+            cutoff = now_ms - int(settings.error_retention_days * 86400 * 1000)
+            argv: list[Any] = [cutoff, settings.error_timeline_max_entries]
+            for score, record_json, pattern in chunk:
+                argv += [score, record_json, pattern]
+            written += int(script(keys=[k.errors_timeline, k.errors_patterns], args=argv))
+            del batch[:_WRITE_CHUNK]
+        return written
     except Exception as exc:  # observers never break what they observe
         log.warning("error tracking could not write %d records: %s", len(batch), exc)
         with _buffer.lock:
-            _buffer.items.extendleft(reversed(batch))
-            while len(_buffer.items) > settings.error_buffer_max:
-                _buffer.items.popleft()
-        return 0
+            _buffer.unwritten.extendleft(reversed(batch))
+            _buffer.dropped += _trim(_buffer.unwritten, settings.error_buffer_max)
+        return written
 
 
 def pending() -> int:
     """Records of this process not yet written to Redis."""
     with _buffer.lock:
-        return len(_buffer.items)
+        return len(_buffer.items) + len(_buffer.unwritten)
 
 
 # -- recording ---------------------------------------------------------------------------
 
+def _raw_frames(tb: TracebackType | None) -> list[tuple[str, str, int, str]]:
+    return [(frame.f_globals.get("__name__", "?"), frame.f_code.co_filename, line, frame.f_code.co_name)
+            for frame, line in tb_module.walk_tb(tb)][-_MAX_FRAMES * 2:]
+
+
 def record_error(component: str, operation: str, error: BaseException | str, message: str | None = None, *,
                  job_id: str | None = None, task: str | None = None, worker: str | None = None,
                  context: dict[str, Any] | None = None, tb: TracebackType | None = None,
-                 now: float | None = None) -> dict[str, Any] | None:
-    """Record one error (buffered; written by the flusher). Returns the record, or None when off.
+                 now: float | None = None, _alert_failure: bool = False) -> str | None:
+    """Record one error; returns its ``error_id``, or None when tracking is off.
 
-    ``error`` is the exception, or its type name; ``message`` defaults to ``str(error)``.
-    ``context`` is redacted before it is stored. Never raises.
+    Cheap and non-blocking: the facts are buffered and the flusher thread
+    redacts, fingerprints and writes them. ``error`` is the exception, or its
+    type name; ``message`` defaults to ``str(error)``. ``context`` is redacted
+    before it is stored. Never raises.
     """
     try:
         if not get_settings().feature_error_tracking:
             return None
-        now = time.time() if now is None else now
         if isinstance(error, BaseException):
             error_type = _type_name(error)
             message = str(error) if message is None else message
-            frames = frames_of(tb or error.__traceback__)
-            trace = "".join(tb_module.format_exception(type(error), error, tb or error.__traceback__))
+            frames = _raw_frames(tb or error.__traceback__)
         else:
-            error_type, frames, trace = str(error), [], None
-            message = message or ""
-        record = {
-            "error_id": uuid.uuid4().hex,
-            "component": component,
-            "operation": operation,
-            "error_type": error_type,
-            "error_message": redact_text(message)[:_MAX_MESSAGE],
-            "job_id": job_id,
-            "task": task,
-            "worker": worker or socket.gethostname(),
-            "fingerprint": fingerprint(operation, error_type, message, frames),
-            "context": redact(context or {}),
-            "timestamp": now,
-        }
-        if trace:
-            record["traceback"] = redact_text(trace)[-_MAX_TRACEBACK:]
-        _enqueue(int(now * 1000), json.dumps(record, default=str), f"{component}:{operation}:{error_type}")
-        return record
+            error_type, frames, message = str(error), [], message or ""
+        item = _Pending(now=time.time() if now is None else now, error_id=uuid.uuid4().hex, component=component,
+                        operation=operation, error_type=error_type, message=message, frames=frames,
+                        job_id=job_id, task=task, worker=worker, context=dict(context or {}),
+                        alert_failure=_alert_failure)
+        _enqueue(item)
+        return item.error_id
     except Exception as exc:
         log.warning("error tracking failed to record an error: %s", exc)
         return None
@@ -263,14 +332,13 @@ def _on_task_failure(sender=None, task_id=None, exception=None, args=None, kwarg
             return
         request = getattr(sender, "request", None)
         task_name = getattr(sender, "name", None) or "unknown"
-        record = record_error(
+        record_error(
             "task", task_name, exception, job_id=task_id, task=task_name,
             worker=getattr(request, "hostname", None), tb=traceback,
             context={"outcome": "failed", "args": list(args or ()), "kwargs": dict(kwargs or {}),
                      "retries": getattr(request, "retries", 0) or 0},
+            _alert_failure=True,
         )
-        if record is not None:
-            _alert_job_failed(record)
     except Exception as exc:
         log.warning("error tracking: task_failure handler failed: %s", exc)
 
@@ -345,8 +413,12 @@ def error_count_since(since: float) -> int:
 # -- wiring ----------------------------------------------------------------------------------
 
 def _flush_at_exit(**_: Any) -> None:
+    """Write what is buffered and give the alerts it raised a moment to go out."""
     try:
         flush()
+        from resilience import alerts
+
+        alerts.flush(timeout=5.0)
     except Exception:  # noqa: BLE001 - exiting anyway
         pass
 
