@@ -212,3 +212,18 @@ def test_payload_json_is_the_exact_signed_body(alerting):
     received = alerting.alerts[0]
     assert json.loads(received.body)["title"] == "t"
     assert alerts.verify(received.body, received.signature, SECRET)
+
+
+@pytest.mark.slow
+def test_a_worker_with_an_unreachable_webhook_reports_it_at_start_up_and_keeps_running_jobs(app, r, log_dir):
+    from resilience.testing import SubprocessWorker, settings_env
+
+    env = settings_env(ALERT_WEBHOOK_URL=f"http://127.0.0.1:{free_port()}/hook", ALERT_WEBHOOK_TIMEOUT_SEC=0.3,
+                       ALERT_WEBHOOK_RETRIES=1, ERROR_FLUSH_INTERVAL_SEC=0.2)
+    with SubprocessWorker(log_dir, concurrency=1, include=["tests.jobs"], env=env) as worker:
+        wait_for(lambda: "ALERT_WEBHOOK_URL is unreachable" in worker.log(), 30,
+                 message=lambda: f"the start-up warning; log:\n{worker.log()[-2000:]}")
+        jobs.fail_permanent.delay("nobody listens")
+        wait_for(lambda: tracking.timeline(), 30, message="the failure to be recorded")
+        assert jobs.add.delay(20, 22).get(timeout=30) == 42
+        assert worker.alive()

@@ -8,7 +8,7 @@ import pytest
 from click.testing import CliRunner
 
 import tests.tracking_jobs as tj
-from resilience import tracking
+from resilience import alerts, tracking
 from resilience.keys import keys
 from resilience.testing import configure, free_port, wait_for
 from tests import jobs
@@ -16,8 +16,11 @@ from tests import jobs
 
 @pytest.fixture(autouse=True)
 def _fast_flush():
+    """Records are written quickly, and none is left buffered for the next test."""
     with configure(error_flush_interval_sec=0.1):
         yield
+        tracking.flush()
+        alerts.flush(30)
 
 
 def _pattern_count(r, pattern: str) -> int:
