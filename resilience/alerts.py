@@ -328,4 +328,6 @@ def install(app: Any, settings: Settings) -> None:
     app.conf.beat_schedule["resilience-alerts-evaluate"] = {
         "task": "resilience.alerts.evaluate",
         "schedule": float(settings.alert_evaluate_interval_sec),
+        # behind a backlog, a stale evaluation is dropped rather than run late, many times over
+        "options": {"expires": float(settings.alert_evaluate_interval_sec)},
     }

@@ -9,9 +9,11 @@ whole event through :func:`resilience.redact.redact` (arguments, frame
 variables, messages). A failure inside the hook drops nothing and breaks nothing:
 the event is sent redacted as far as possible.
 
-sentry-sdk is initialised when the app is installed and again in each pool
-process after fork (``worker_process_init``), so no process inherits a sender
-thread that does not exist in it.
+sentry-sdk is initialised in workers and beat (``worker_init``, ``beat_init``:
+before the pool forks, so its Celery patches are inherited) and again in each
+pool process after fork (``worker_process_init``), so no process relies on a
+sender thread that does not exist in it. Producers and the CLI do not report to
+Sentry; call :func:`init` to make another process report.
 """
 
 from __future__ import annotations
@@ -79,13 +81,14 @@ def init(settings: Settings | None = None) -> bool:
         return False
 
 
-def _init_after_fork(**_: Any) -> None:
+def _init_on_signal(**_: Any) -> None:
     init()
 
 
 def install(app: Any, settings: Settings) -> None:
-    """Initialise now and in each pool process after fork."""
+    """Initialise when a worker or beat starts, and in each pool process after fork."""
     from celery import signals
 
-    init(settings)
-    signals.worker_process_init.connect(_init_after_fork, dispatch_uid="resilience.sentry.init", weak=False)
+    for signal, uid in ((signals.worker_init, "worker"), (signals.beat_init, "beat"),
+                        (signals.worker_process_init, "pool_process")):
+        signal.connect(_init_on_signal, dispatch_uid=f"resilience.sentry.init.{uid}", weak=False)

@@ -200,10 +200,11 @@ def test_breaker_state_changes_and_stuck_job_recoveries_alert(alerting):
 def test_the_beat_task_evaluates_the_rules_in_a_worker(app, worker, alerting):
     from tasks.platform import evaluate_alerts
 
+    entry = app.conf.beat_schedule["resilience-alerts-evaluate"]
+    assert entry["task"] == evaluate_alerts.name
     with configure(alert_min_workers=50):
-        evaluate_alerts.delay().get(timeout=30)
+        evaluate_alerts.apply_async(**entry["options"]).get(timeout=30)  # as beat sends it
         wait_for(lambda: _of_rule(alerting, "workers_low"), 20, message="the workers alert from the beat task")
-    assert "resilience-alerts-evaluate" in app.conf.beat_schedule
 
 
 def test_payload_json_is_the_exact_signed_body(alerting):
