@@ -37,6 +37,8 @@ class WebhookReceiver:
     def __init__(self, secret: str | None = None, *, host: str = "127.0.0.1", port: int = 0) -> None:
         self.secret = secret
         self.status = 200
+        self.fail_first = 0  # answer this many POSTs with 503 first (a flaky receiver)
+        self.attempts = 0
         self.alerts: list[ReceivedAlert] = []
         self._lock = threading.Lock()
         receiver = self
@@ -44,6 +46,15 @@ class WebhookReceiver:
         class Handler(BaseHTTPRequestHandler):
             def do_POST(self) -> None:  # noqa: N802 - http.server's naming
                 body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
+                with receiver._lock:
+                    receiver.attempts += 1
+                    flaky = receiver.fail_first > 0
+                    receiver.fail_first -= 1 if flaky else 0
+                if flaky:
+                    self.send_response(503)
+                    self.send_header("Content-Length", "0")
+                    self.end_headers()
+                    return
                 signature = self.headers.get(SIGNATURE_HEADER)
                 verified = verify(body, signature, receiver.secret) if receiver.secret else None
                 with receiver._lock:

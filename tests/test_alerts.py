@@ -120,6 +120,22 @@ def test_alert_context_is_redacted(alerting):
     assert "hunter2" not in body and "sk-live-9" not in body and "pw9" not in body
 
 
+def test_a_failed_post_is_retried_with_backoff_until_the_receiver_takes_it(receiver):
+    receiver.fail_first = 2
+    with configure(alert_webhook_url=receiver.url, alert_webhook_secret=SECRET, alert_webhook_retries=3):
+        alerts.alert("x", "retried", level="info", title="t", message="m", component="c")
+        wait_for(lambda: receiver.alerts, 30, message="the alert after two refusals")
+    assert receiver.attempts == 3 and receiver.alerts[0].verified
+
+
+def test_a_malformed_webhook_url_fails_settings_validation_naming_it():
+    from resilience.errors import SettingsError
+    from resilience.settings import load_settings
+
+    with pytest.raises(SettingsError, match="ALERT_WEBHOOK_URL"):
+        load_settings({"ALERT_WEBHOOK_URL": "hooks.example.com/alerts"})
+
+
 # -- the rules -----------------------------------------------------------------------------
 
 def test_error_rate_rule_fires_over_its_threshold(alerting):
