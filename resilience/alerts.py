@@ -11,10 +11,10 @@ subject are sent at most once per ``ALERT_WINDOW_SEC`` across the whole cluster.
 Delivery. :func:`alert` never blocks and never raises: it puts the alert on
 a bounded in-process queue (``ALERT_QUEUE_MAX``; when full the alert
 is dropped with a warning). A daemon sender thread (one per process, started
-lazily and again after fork) builds and redacts the payload, logs the alert,
-decides with one Lua call (``lua/alert_gate.lua``:
+lazily and again after fork) builds and redacts the payload, decides with one
+Lua call (``lua/alert_gate.lua``:
 ``SET NX PX`` on ``alerts:window:<rule>:<subject>``, else a counter of
-suppressed repeats) and POSTs ``ALERT_WEBHOOK_URL`` with a timeout
+suppressed repeats), logs what it sends and POSTs ``ALERT_WEBHOOK_URL`` with a timeout
 (``ALERT_WEBHOOK_TIMEOUT_SEC``) and bounded retries with capped exponential
 backoff (``ALERT_WEBHOOK_RETRIES``). When a window ends, whichever process
 claims it first (``lua/alert_due.lua``: the sender threads that saw it, and the
@@ -104,6 +104,7 @@ class _Sender:
         self.queue: queue.Queue | None = None
         self.thread: threading.Thread | None = None
         self.watch_until = 0.0  # poll for ended windows until then
+        self.next_due_check = 0.0
         self.local_windows: dict[str, float] = {}  # fallback while Redis is away
 
 
@@ -174,13 +175,13 @@ def _send_loop(sender: _Sender) -> None:
                     sender.watch_until = 0.0
             continue
         try:
-            _log_alert(rule, subject, fields["level"], fields["title"], fields["message"])
             _deliver(sender, rule, subject, build_payload(**fields))
         except Exception as exc:
             log.warning("alert %s/%s not delivered: %s", rule, subject, exc)
         finally:
             q.task_done()
-        if time.monotonic() < sender.watch_until:
+        if time.monotonic() >= sender.next_due_check:  # busy: still look for ended windows now and then
+            sender.next_due_check = time.monotonic() + _SUMMARY_POLL_SEC
             _safely(send_due_summaries)
 
 
@@ -211,7 +212,10 @@ def _deliver(sender: _Sender, rule: str, subject: str, payload: dict[str, Any]) 
         if opened:
             sender.local_windows[member] = now + settings.alert_window_sec
     if opened:
+        _log_alert(rule, subject, payload["level"], payload["title"], payload["message"])
         post(payload, settings=settings)
+    else:
+        log.debug("alert %s/%s suppressed: already sent in this window", rule, subject)
 
 
 def send_due_summaries(now: float | None = None, *, limit: int = 100) -> int:
@@ -240,6 +244,7 @@ def send_due_summaries(now: float | None = None, *, limit: int = 100) -> int:
             message=f"{count} repeats of this alert were suppressed in the last {settings.alert_window_sec}s. "
                     f"Latest: {last.get('message', '')}",
             component=last.get("component", "alerts"), context=context, now=now, settings=settings)
+        _log_alert(rule, subject, payload["level"], payload["title"], payload["message"])
         post(payload, settings=settings)
         sent += 1
     return sent
