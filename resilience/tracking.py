@@ -174,11 +174,14 @@ def _ensure_flusher() -> None:
 
 
 def _flush_loop() -> None:
+    last = time.monotonic()
     while True:
-        interval = get_settings().error_flush_interval_sec
-        _buffer.wake.wait(interval)
-        _buffer.wake.clear()
-        flush()
+        # short naps, so a changed ERROR_FLUSH_INTERVAL_SEC takes effect at once
+        woken = _buffer.wake.wait(min(get_settings().error_flush_interval_sec, 0.5))
+        if woken or time.monotonic() - last >= get_settings().error_flush_interval_sec:
+            _buffer.wake.clear()
+            last = time.monotonic()
+            flush()
 
 
 def _trim(queue: collections.deque, limit: int) -> int:
