@@ -31,6 +31,7 @@ class Demo:
     submitted: Counter = field(default_factory=Counter)
     errors: Counter = field(default_factory=Counter)
     _stop: threading.Event = field(default_factory=threading.Event)
+    alert_receiver: object | None = None
 
     def workload(self) -> None:
         """Submit the mix until stopped: each kind shows a feature."""
@@ -84,9 +85,17 @@ class Demo:
                   + (f"  |  Flower http://127.0.0.1:{platform.settings.flower_port} "
                      f"({platform.flower_credentials})" if platform.flower_credentials else "")
                   + "  |  Ctrl-C stops")
-        return Group(Panel(header), table, done, render(collect(app)))
+        parts = [Panel(header), table, done, render(collect(app))]
+        if self.alert_receiver is not None:
+            from resilience.webhook_receiver import render_alerts
+
+            parts.append(render_alerts(self.alert_receiver))
+        return Group(*parts)
 
     def run(self) -> None:
+        from resilience.webhook_receiver import start_demo_receiver
+
+        self.alert_receiver = start_demo_receiver()  # alerts shown live when no webhook is configured
         platform = Platform(flower=self.flower, log_to_files=True).start()
         console = Console()
         started = time.monotonic()

@@ -22,6 +22,7 @@ log = logging.getLogger(__name__)
 FEATURE_INSTALLERS: list[str] = [
     "resilience.heartbeat:install",
     "resilience.health:install",
+    "resilience.tracking:install",
 ]
 
 _installed: set[int] = set()

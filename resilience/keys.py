@@ -94,6 +94,26 @@ class Keys:
         """Hash: beat schedule entry name -> epoch seconds beat last published it."""
         return self._k("beat:published")
 
+    def alert_window(self, rule: str, subject: str) -> str:
+        """String with TTL ``ALERT_WINDOW_SEC``: an alert of this rule and subject was sent."""
+        return self._k(f"alerts:window:{rule}:{subject}")
+
+    def alert_windows(self) -> str:
+        """Sorted set: ``rule\x1fsubject`` -> epoch ms when its alert window ends."""
+        return self._k("alerts:windows")
+
+    def alert_suppressed(self) -> str:
+        """Hash: ``rule\x1fsubject`` -> repeats suppressed in the current window."""
+        return self._k("alerts:suppressed")
+
+    def alert_last(self) -> str:
+        """Hash: ``rule\x1fsubject`` -> JSON of the latest suppressed alert (for the summary)."""
+        return self._k("alerts:last")
+
+    def alert_dead_letter_samples(self) -> str:
+        """Sorted set: ``<epoch ms>:<length>`` samples of the dead-letter queue length."""
+        return self._k("alerts:dead_letter:samples")
+
     def lock(self, name: str) -> str:
         """String with TTL: a token-checked lock."""
         return self._k(f"locks:{name}")

@@ -236,6 +236,22 @@ class Settings:
     environment: str = _setting("RESILIENCE_ENVIRONMENT", "development", _plain_str,
         "Environment name put in alerts and Sentry events")
 
+    # -- Error tracking and webhook alerts (resilience.tracking, resilience.alerts) ----
+    error_flush_interval_sec: float = _setting("ERROR_FLUSH_INTERVAL_SEC", 0.5, _positive_float,
+        "Each process writes its buffered error records to Redis this often (one round trip)")
+    error_buffer_max: int = _setting("ERROR_BUFFER_MAX", 10000, _positive_int,
+        "Error records a process buffers while Redis is slow or away; beyond it the oldest are dropped")
+    alert_webhook_timeout_sec: float = _setting("ALERT_WEBHOOK_TIMEOUT_SEC", 5.0, _positive_float,
+        "Connect/read timeout of one webhook POST")
+    alert_webhook_retries: int = _setting("ALERT_WEBHOOK_RETRIES", 3, _non_negative_int,
+        "Further attempts after a failed webhook POST (capped exponential backoff from 0.5 s)")
+    alert_queue_max: int = _setting("ALERT_QUEUE_MAX", 1000, _positive_int,
+        "Alerts a process holds for its sender thread; beyond it new alerts are dropped and logged")
+    alert_evaluate_interval_sec: int = _setting("ALERT_EVALUATE_INTERVAL_SEC", 30, _positive_int,
+        "How often beat evaluates the periodic alert rules (error rate, backlog, workers, dead letters)")
+    alert_on_job_failure: bool = _setting("ALERT_ON_JOB_FAILURE", True, _parse_bool,
+        "Alert when a job fails for good (rule job_failed, one per error fingerprint per window)")
+
     # -- Operators ---------------------------------------------------------------
     health_port: int = _setting("HEALTH_PORT", 8001, _port,
         "First port of the worker health server; 0 picks a free port")

@@ -14,6 +14,16 @@ from tasks.app import app
 
 # -- alerts (resilience.alerts) --------------------------------------------------------
 
+
+@app.task(name="resilience.alerts.evaluate", ignore_result=True)
+def evaluate_alerts() -> list[str]:
+    """Beat: evaluate the periodic alert rules and send due summaries (resilience.alert_rules)."""
+    from resilience import alert_rules
+
+    queues = sorted({app.conf.task_default_queue or "celery", "celery"})
+    return alert_rules.evaluate(queues=queues)
+
+
 # -- health and metrics (resilience.health) ------------------------------------------
 
 

@@ -1,0 +1,170 @@
+"""The alert rules, each with its threshold setting.
+
+Called by other features when something happens:
+
+* :func:`redis_unreachable` (the Redis-outage feature): Redis unreachable for
+  longer than ``ALERT_REDIS_DOWN_SEC`` -> critical, rule ``redis_unreachable``;
+* :func:`breaker_state_changed` (the breaker feature): rule ``breaker_state``,
+  subject ``<breaker>:<state>``, so an "opened" and the following "closed" are
+  two alerts, each deduplicated on its own;
+* :func:`stuck_jobs_recovered` (the stuck-job sweep): rule ``stuck_jobs_recovered``.
+
+Evaluated periodically by the beat task ``resilience.alerts.evaluate``
+(every ``ALERT_EVALUATE_INTERVAL_SEC``), see :func:`evaluate`:
+
+* ``error_rate``: more than ``ALERT_ERROR_RATE_PER_MIN`` errors recorded in
+  ``errors:timeline`` in the last 60 s;
+* ``queue_backlog``: a queue holding more than ``ALERT_QUEUE_BACKLOG`` jobs;
+* ``workers_low``: fewer than ``ALERT_MIN_WORKERS`` workers whose heartbeat in
+  ``workers:heartbeats`` is within ``WORKER_HEARTBEAT_TIMEOUT_SEC``;
+* ``dead_letter_growth``: ``jobs:dead_letter`` grew by ``ALERT_DEAD_LETTER_GROWTH``
+  or more within ``ALERT_WINDOW_SEC`` (length samples kept in
+  ``alerts:dead_letter:samples``).
+
+Every check reads Redis, logs and returns quietly when it cannot.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from typing import Any
+
+from resilience.alerts import alert, send_due_summaries
+from resilience.keys import keys
+from resilience.settings import get_settings
+from resilience.store import get_redis
+
+__all__ = [
+    "breaker_state_changed", "check_dead_letter_growth", "check_error_rate", "check_queue_backlog",
+    "check_workers", "evaluate", "redis_unreachable", "stuck_jobs_recovered",
+]
+
+log = logging.getLogger(__name__)
+
+
+# -- called by other features -------------------------------------------------------------
+
+def redis_unreachable(seconds: float, *, detail: str = "") -> bool:
+    """Redis has been unreachable for ``seconds``: alert once past ``ALERT_REDIS_DOWN_SEC``."""
+    threshold = get_settings().alert_redis_down_sec
+    if seconds < threshold:
+        return False
+    alert("redis_unreachable", "redis", level="critical", title="Redis unreachable",
+          message=f"Redis has been unreachable for {seconds:.0f}s (threshold {threshold}s). {detail}".strip(),
+          component="redis", context={"seconds": round(seconds, 1), "threshold_sec": threshold})
+    return True
+
+
+def breaker_state_changed(name: str, state: str, *, failures: int | None = None,
+                          context: dict[str, Any] | None = None) -> None:
+    """A circuit breaker changed state (``open`` is critical, others informational)."""
+    level = "critical" if state == "open" else "info"
+    alert("breaker_state", f"{name}:{state}", level=level, title=f"Circuit breaker {name} {state}",
+          message=f"breaker {name} is now {state}" + (f" after {failures} failures" if failures else ""),
+          component="breaker", context={"breaker": name, "state": state, "failures": failures, **(context or {})})
+
+
+def stuck_jobs_recovered(count: int, job_ids: list[str] | None = None, *, subject: str = "sweep") -> None:
+    """The sweep recovered ``count`` stuck jobs."""
+    if count <= 0:
+        return
+    alert("stuck_jobs_recovered", subject, level="warning", title=f"{count} stuck jobs recovered",
+          message=f"the stuck-job sweep requeued {count} jobs", component="sweeper",
+          context={"count": count, "job_ids": list(job_ids or [])[:50]})
+
+
+# -- periodic ------------------------------------------------------------------------------
+
+def check_error_rate(now: float | None = None) -> bool:
+    """Alert when more than ``ALERT_ERROR_RATE_PER_MIN`` errors were recorded in the last minute."""
+    from resilience.tracking import error_count_since
+
+    now = time.time() if now is None else now
+    threshold = get_settings().alert_error_rate_per_min
+    count = error_count_since(now - 60)
+    if count <= threshold:
+        return False
+    alert("error_rate", "all", level="warning", title="High error rate",
+          message=f"{count} errors in the last minute (threshold {threshold}/min)", component="tracking",
+          context={"errors_last_minute": count, "threshold_per_min": threshold})
+    return True
+
+
+def check_queue_backlog(queues: list[str]) -> list[str]:
+    """Alert for each queue holding more than ``ALERT_QUEUE_BACKLOG`` jobs; return those queues."""
+    threshold = get_settings().alert_queue_backlog
+    pipe = get_redis().pipeline(transaction=False)
+    for name in queues:
+        pipe.llen(name)
+    over = []
+    for name, depth in zip(queues, pipe.execute(), strict=True):
+        if depth > threshold:
+            over.append(name)
+            alert("queue_backlog", name, level="warning", title=f"Queue {name} backlog",
+                  message=f"{depth} jobs waiting in {name} (threshold {threshold})", component="queue",
+                  context={"queue": name, "depth": depth, "threshold": threshold})
+    return over
+
+
+def check_workers(now: float | None = None) -> bool:
+    """Alert when fewer than ``ALERT_MIN_WORKERS`` workers have a recent heartbeat."""
+    settings = get_settings()
+    now = time.time() if now is None else now
+    alive = int(get_redis().zcount(keys().worker_heartbeats, now - settings.worker_heartbeat_timeout_sec, "+inf"))
+    if alive >= settings.alert_min_workers:
+        return False
+    alert("workers_low", "cluster", level="critical", title="Too few live workers",
+          message=f"{alive} live workers (minimum {settings.alert_min_workers})", component="workers",
+          context={"alive": alive, "minimum": settings.alert_min_workers})
+    return True
+
+
+def check_dead_letter_growth(now: float | None = None) -> bool:
+    """Alert when ``jobs:dead_letter`` grew by ``ALERT_DEAD_LETTER_GROWTH`` within ``ALERT_WINDOW_SEC``.
+
+    Each evaluation adds a length sample; growth is the current length minus the
+    smallest sample still inside the window (trims and replays shrink the list).
+    """
+    settings = get_settings()
+    now = time.time() if now is None else now
+    now_ms = int(now * 1000)
+    k = keys()
+    client = get_redis()
+    length = int(client.llen(k.dead_letter))
+    pipe = client.pipeline(transaction=True)
+    pipe.zadd(k.alert_dead_letter_samples, {f"{now_ms}:{length}": now_ms})
+    pipe.zremrangebyscore(k.alert_dead_letter_samples, "-inf", f"({now_ms - settings.alert_window_sec * 1000}")
+    pipe.zrange(k.alert_dead_letter_samples, 0, -1)
+    pipe.pexpire(k.alert_dead_letter_samples, settings.alert_window_sec * 2000)
+    samples = pipe.execute()[2]
+    lowest = min(int(s.rpartition(":")[2]) for s in samples) if samples else length
+    growth = length - lowest
+    if growth < settings.alert_dead_letter_growth:
+        return False
+    alert("dead_letter_growth", "jobs:dead_letter", level="warning", title="Dead-letter queue growing",
+          message=f"{growth} jobs dead-lettered within {settings.alert_window_sec}s ({length} in total; "
+                  f"threshold {settings.alert_dead_letter_growth})", component="dead_letter",
+          context={"growth": growth, "length": length, "threshold": settings.alert_dead_letter_growth})
+    return True
+
+
+def evaluate(queues: list[str] | None = None, now: float | None = None) -> list[str]:
+    """Run every periodic rule once and send due summaries; return the rules that fired."""
+    if not get_settings().feature_alerting:
+        return []
+    fired: list[str] = []
+    checks = [
+        ("error_rate", lambda: check_error_rate(now)),
+        ("queue_backlog", lambda: bool(check_queue_backlog(queues or ["celery"]))),
+        ("workers_low", lambda: check_workers(now)),
+        ("dead_letter_growth", lambda: check_dead_letter_growth(now)),
+        ("summaries", lambda: send_due_summaries(now) and False),
+    ]
+    for name, check in checks:
+        try:
+            if check():
+                fired.append(name)
+        except Exception as exc:  # one rule's failure does not stop the others
+            log.warning("alert rule %s not evaluated: %s", name, exc)
+    return fired
