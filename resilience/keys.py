@@ -93,23 +93,26 @@ class Keys:
     def beat_published(self) -> str:
         """Hash: beat schedule entry name -> epoch seconds beat last published it."""
         return self._k("beat:published")
-
     def alert_window(self, rule: str, subject: str) -> str:
         """String with TTL ``ALERT_WINDOW_SEC``: an alert of this rule and subject was sent."""
         return self._k(f"alerts:window:{rule}:{subject}")
 
+    @property
     def alert_windows(self) -> str:
         """Sorted set: ``rule\x1fsubject`` -> epoch ms when its alert window ends."""
         return self._k("alerts:windows")
 
+    @property
     def alert_suppressed(self) -> str:
         """Hash: ``rule\x1fsubject`` -> repeats suppressed in the current window."""
         return self._k("alerts:suppressed")
 
+    @property
     def alert_last(self) -> str:
         """Hash: ``rule\x1fsubject`` -> JSON of the latest suppressed alert (for the summary)."""
         return self._k("alerts:last")
 
+    @property
     def alert_dead_letter_samples(self) -> str:
         """Sorted set: ``<epoch ms>:<length>`` samples of the dead-letter queue length."""
         return self._k("alerts:dead_letter:samples")
