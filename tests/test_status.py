@@ -29,6 +29,8 @@ def test_status_json_matches_the_known_state_after_a_scripted_run(app, r):
         for reason in ("no such customer", "bad invoice"):
             fail_permanent.delay(reason)
         wait_for(lambda: r.llen(keys().dead_letter) == 2, timeout=30, message="two dead letters")
+        tracked = "task:tests.fail_permanent:PermanentError"
+        wait_for(lambda: r.hget(keys().errors_patterns, tracked) == "2", timeout=30, message="the failures tracked")
         hostname = worker.hostname
         wait_for(lambda: any(w.startswith(hostname + "|") for w in r.zrange(keys().worker_heartbeats, 0, -1)),
                  timeout=30, message="a heartbeat")
@@ -47,7 +49,7 @@ def test_status_json_matches_the_known_state_after_a_scripted_run(app, r):
     assert snapshot["workers"][0]["heartbeat_age_sec"] < 120
     assert snapshot["breakers"]["payments-api"]["state"] == "open"
     assert [e["pattern"] for e in snapshot["top_errors"]] == ["http:get:Timeout", "task:run:ValueError",
-                                                              "db:q:KeyError"]
+                                                              tracked, "db:q:KeyError"]
 
 
 def test_status_never_crashes_on_malformed_entries(app, r):
