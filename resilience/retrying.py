@@ -99,8 +99,8 @@ def resolve_retry(task, exc, eta, countdown, max_retries) -> tuple[float | None,
 def failure_reason(task, exc: BaseException, retries: int) -> str:
     if isinstance(exc, PermanentError):
         return f"permanent error: {exc}"
-    if isinstance(exc, MaxRetriesExceededError):
-        return f"retries exhausted after {retries} retries: {exc}"
+    if isinstance(exc, MaxRetriesExceededError) or (retries and retries >= max_retries_of(task)):
+        return f"retries exhausted after {retries} retries: {type(exc).__name__}: {exc}"
     if is_retryable(task, exc):
         return f"retries exhausted after {retries} retries: {type(exc).__name__}: {exc}"
     return f"non-retryable {type(exc).__name__}: {exc}"
