@@ -344,10 +344,15 @@ def replay_entry(entry: Entry, app=None) -> bool:
     """
     if entry.data is None:
         raise ValueError(f"entry {entry.index} is malformed ({entry.problem}); it cannot be replayed")
+    if app is None:
+        from tasks.app import app
+    job_id = str(entry.data["job_id"])
     queue_key, envelope = fresh_envelope(entry.data, app)
     k = keys()
+    result_key = app.backend.get_key_for_task(job_id) if hasattr(app.backend, "get_key_for_task") \
+        else k.job_state(job_id)
     return bool(load_script("deadletter_replay")(
-        keys=[k.dead_letter, queue_key, k.job_state(str(entry.data["job_id"]))],
+        keys=[k.dead_letter, queue_key, k.job_state(job_id), str(result_key)],
         args=[entry.raw, envelope],
     ))
 
