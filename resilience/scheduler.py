@@ -113,11 +113,15 @@ def schedule(task, args, kwargs, job_id: str, options: dict, fallback: Callable,
     from resilience.executions import owner_of
 
     k = keys()
+    transport = dict(task.app.conf.broker_transport_options or {})
+    properties = (getattr(request, "properties", None) or {}) if retry else {}
     load_script("schedule")(
-        keys=[k.scheduled, k.scheduled_payloads, k.job_state(job_id), k.active, k.active_deadlines],
+        keys=[k.scheduled, k.scheduled_payloads, k.job_state(job_id), k.active, k.active_deadlines,
+              k.kombu_unacked(transport), k.kombu_unacked_index(transport)],
         args=[job_id, repr(due), json.dumps({"queue": queue_key, "message": envelope}), int(retry),
               owner_of(task) if retry else "", int(options.get("retries") or 0), repr(now),
-              settings.idempotency_ttl_sec, int(settings.feature_idempotency)],
+              settings.idempotency_ttl_sec, int(settings.feature_idempotency),
+              properties.get("delivery_tag") or ""],
     )
     return task.AsyncResult(job_id)
 
