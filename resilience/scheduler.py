@@ -88,13 +88,15 @@ def capture_message(app, send: Callable[[Any], Any]) -> tuple[str, str]:
 def schedule(task, args, kwargs, job_id: str, options: dict, fallback: Callable, *, now: float | None = None):
     """Keep a delayed run in Redis until due; returns the job's ``AsyncResult``.
 
-    ``fallback`` publishes the way Celery would (an ETA message); it is used
-    when ``FEATURE_SMART_RETRY`` is off.
+    ``fallback(**overrides)`` publishes the way Celery would, with the
+    submission's links and options; called plainly when ``FEATURE_SMART_RETRY``
+    is off (an ETA message), and with a capturing producer and no delay to
+    build the stored envelope otherwise.
     """
     settings = get_settings()
     request = task.request
     retry = (not request.called_directly) and request.id == job_id
-    if not settings.feature_smart_retry:
+    if not settings.feature_smart_retry or task.app.conf.task_always_eager:
         result = fallback()
         if retry:
             from resilience import executions
@@ -104,10 +106,9 @@ def schedule(task, args, kwargs, job_id: str, options: dict, fallback: Callable,
 
     now = time.time() if now is None else now
     due = due_time(options, now)
-    plain = {k: v for k, v in options.items() if k not in ("countdown", "eta")}
 
-    def send(producer):
-        return task.plain_apply_async(args, kwargs, task_id=job_id, producer=producer, **plain)
+    def send(producer):  # Celery's own publish (links, headers, routing), undelayed, into the capture
+        return fallback(producer=producer, countdown=None, eta=None)
 
     queue_key, envelope = capture_message(task.app, send)
     from resilience.executions import owner_of

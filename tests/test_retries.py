@@ -203,3 +203,15 @@ def test_bury_entry_leaves_a_registry_entry_owned_by_another_run(r, owner):
                            "worker": "w1"}, worker_id="w1")
 
     assert r.hexists(k.active, "j2")
+
+
+def test_a_delayed_submission_keeps_its_links_and_headers(r):
+    job = add.apply_async((1, 1), countdown=60, link=add.s(10), headers={"trace": "t-1"})
+
+    payload = json.loads(r.hget(keys().scheduled_payloads, job.id))
+    message = json.loads(payload["message"])
+    import base64
+
+    _, _, embed = json.loads(base64.b64decode(message["body"]))
+    assert [s["task"] for s in embed["callbacks"]] == ["tests.add"]
+    assert message["headers"]["trace"] == "t-1" and message["headers"]["eta"] is None
