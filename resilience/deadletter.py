@@ -317,7 +317,7 @@ def fresh_envelope(data: dict[str, Any], app=None) -> tuple[str, str]:
 
     def send(producer):
         return app.send_task(data["task"], args=list(data.get("args") or []), kwargs=dict(data.get("kwargs") or {}),
-                             task_id=data["job_id"], queue=queue, producer=producer, retries=0,
+                             task_id=data["job_id"], queue=queue, producer=producer, retries=0, retry=False,
                              headers=headers or None)
 
     return capture_message(app, send)

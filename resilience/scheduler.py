@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import threading
 import time
 from collections.abc import Callable
@@ -60,26 +61,68 @@ def due_time(options: dict, now: float) -> float:
     return now + max(0.0, float(options.get("countdown") or 0))
 
 
+class _Capture(threading.local):
+    """Per thread: a broker connection whose channel captures messages instead of writing them."""
+
+    conn = None
+    channel = None
+    pid = None
+    app = None
+    captured: list
+
+
+_capture = _Capture()
+
+
+def _capture_channel(app):
+    if _capture.conn is None or _capture.pid != os.getpid() or _capture.app is not app:
+        _drop_capture()
+        from kombu.utils.json import dumps
+
+        conn = app.connection_for_write()
+        channel = conn.default_channel
+        captured: list[tuple[str, str]] = []
+
+        def _put(queue, message, **kwargs):
+            pri = channel._get_message_priority(message, reverse=False)
+            captured.append((channel._q_for_pri(queue, pri), dumps(message)))
+
+        channel._put = _put  # this connection and channel are used for capturing only
+        _capture.conn, _capture.channel, _capture.pid, _capture.app = conn, channel, os.getpid(), app
+        _capture.captured = captured
+    return _capture.channel, _capture.captured
+
+
+def _drop_capture() -> None:
+    conn, _capture.conn, _capture.channel = _capture.conn, None, None
+    if conn is not None and _capture.pid == os.getpid():
+        try:
+            conn.release()
+        except Exception:  # noqa: BLE001 - a broken connection is dropped either way
+            pass
+
+
 def capture_message(app, send: Callable[[Any], Any]) -> tuple[str, str]:
     """Run ``send(producer)`` with a producer that captures instead of writing.
 
     Returns ``(list key, envelope JSON)``: exactly what kombu's Redis transport
     would ``LPUSH``. ``send`` publishes one job through Celery (``apply_async``
     or ``send_task`` with ``producer=``), so headers, routing, priority and
-    body encoding are Celery's own.
+    body encoding are Celery's own. ``send`` must publish with ``retry=False``:
+    a publish retry would revive the producer on a fresh channel that writes.
+    The capturing connection is kept per thread and rebuilt after an error or
+    a fork.
     """
-    from kombu.utils.json import dumps
-
-    captured: list[tuple[str, str]] = []
-    with app.connection_for_write() as conn:
-        channel = conn.default_channel
-
-        def _put(queue, message, **kwargs):
-            pri = channel._get_message_priority(message, reverse=False)
-            captured.append((channel._q_for_pri(queue, pri), dumps(message)))
-
-        channel._put = _put  # this connection and channel belong to this call only
-        send(Producer(channel))
+    for attempt in (1, 2):
+        channel, captured = _capture_channel(app)
+        captured.clear()
+        try:
+            send(Producer(channel))
+            break
+        except Exception:
+            _drop_capture()
+            if attempt == 2:
+                raise
     if len(captured) != 1:
         raise RuntimeError(f"expected one message to capture, got {len(captured)}")
     return captured[0]
@@ -108,7 +151,7 @@ def schedule(task, args, kwargs, job_id: str, options: dict, fallback: Callable,
     due = due_time(options, now)
 
     def send(producer):  # Celery's own publish (links, headers, routing), undelayed, into the capture
-        return fallback(producer=producer, countdown=None, eta=None)
+        return fallback(producer=producer, countdown=None, eta=None, retry=False)
 
     queue_key, envelope = capture_message(task.app, send)
     from resilience.executions import owner_of

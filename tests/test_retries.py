@@ -215,3 +215,15 @@ def test_a_delayed_submission_keeps_its_links_and_headers(r):
     _, _, embed = json.loads(base64.b64decode(message["body"]))
     assert [s["task"] for s in embed["callbacks"]] == ["tests.add"]
     assert message["headers"]["trace"] == "t-1" and message["headers"]["eta"] is None
+
+
+@pytest.mark.slow
+def test_delayed_submissions_keep_working_after_a_redis_restart(r, redis_server):
+    add.apply_async((1, 1), countdown=60)
+
+    redis_server.restart()
+    wait_for(redis_server.ping, WAIT, message="Redis to come back")
+    job = add.apply_async((2, 2), countdown=60)
+
+    assert r.zscore(keys().scheduled, job.id) is not None
+    assert r.llen("celery") == 0
