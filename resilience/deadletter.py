@@ -37,7 +37,7 @@ from resilience.store import get_redis, load_script
 
 __all__ = [
     "REQUIRED_FIELDS", "Entry", "Filter", "build_entry", "bury", "bury_entry", "list_entries", "get",
-    "replay", "purge", "stats", "trim", "fingerprint",
+    "replay", "replay_entry", "purge", "stats", "trim", "fingerprint", "iter_entries", "count", "Outcome",
 ]
 
 log = logging.getLogger(__name__)
