@@ -3,7 +3,18 @@
 Entries are JSON (newest first) with the fields of the public contract:
 ``job_id``, ``task``, ``args``, ``kwargs``, ``options``, ``failure_reason``,
 ``error_type``, ``traceback``, ``failed_at``, ``retry_count``, ``worker``.
-Arguments and tracebacks are redacted before they are written.
+Arguments, the reason and the traceback are redacted before they are written.
+
+Writing an entry is one Lua step with the job's removal (``lua/deadletter_bury.lua``):
+the execution record becomes "dead", the ``jobs:active`` entry and its
+deadline go, the idempotency key is released if the job still owns it, and
+the message leaves kombu's ``unacked`` hash, so a crash between the write and
+Celery's ack neither loses nor doubles the job.
+
+The operator API (:func:`list_entries`, :func:`get`, :func:`replay`,
+:func:`purge`, :func:`stats`, :func:`trim`) backs ``resilience dlq``. It
+never fails on a malformed entry (not JSON, fields missing): such entries are
+reported as malformed and left in place.
 """
 
 from __future__ import annotations
@@ -11,19 +22,31 @@ from __future__ import annotations
 import datetime as dt
 import json
 import logging
+import re
+import time
 import traceback as tb
+from collections import Counter
+from collections.abc import Iterator
+from dataclasses import dataclass, field
 from typing import Any
 
-from resilience import executions
 from resilience.keys import keys
 from resilience.redact import redact
 from resilience.settings import get_settings
-from resilience.store import get_redis
+from resilience.store import get_redis, load_script
+
+__all__ = [
+    "REQUIRED_FIELDS", "Entry", "Filter", "build_entry", "bury", "bury_entry", "list_entries", "get",
+    "replay", "replay_entry", "purge", "stats", "trim", "fingerprint", "iter_entries", "count", "Outcome",
+]
 
 log = logging.getLogger(__name__)
 
 REQUIRED_FIELDS = ("job_id", "task", "args", "kwargs", "options", "failure_reason", "error_type",
                    "traceback", "failed_at", "retry_count", "worker")
+
+#: Entries read per round trip when the tooling walks the list.
+PAGE = 1000
 
 
 def utc_iso(ts: float | None = None) -> str:
@@ -31,12 +54,30 @@ def utc_iso(ts: float | None = None) -> str:
     return moment.isoformat().replace("+00:00", "Z")
 
 
+def parse_time(value: str | float | dt.datetime) -> float:
+    """Epoch seconds from an ISO 8601 time (``Z`` or offset; naive means UTC) or a number."""
+    if isinstance(value, (int, float)):
+        return float(value)
+    if isinstance(value, dt.datetime):
+        moment = value
+    else:
+        moment = dt.datetime.fromisoformat(str(value).replace("Z", "+00:00"))
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=dt.UTC)
+    return moment.timestamp()
+
+
+# -- writing ---------------------------------------------------------------------------
 def build_entry(task, args, kwargs, exc: BaseException | None, reason: str) -> dict[str, Any]:
-    """The dead-letter entry of the run behind ``task.request``."""
+    """The dead-letter entry of the run behind ``task.request`` (redacted)."""
     request = task.request
     delivery = request.delivery_info or {}
     error_type = type(exc).__name__ if exc is not None else "Unknown"
     trace = "".join(tb.format_exception(exc)) if exc is not None else ""
+    headers = {"retries": request.retries or 0}
+    key = getattr(request, "idempotency_key", None)
+    if key:
+        headers["idempotency_key"] = key
     return {
         "job_id": request.id,
         "task": task.name,
@@ -45,8 +86,8 @@ def build_entry(task, args, kwargs, exc: BaseException | None, reason: str) -> d
         "options": {
             "queue": delivery.get("routing_key"),
             "exchange": delivery.get("exchange"),
-            "idempotency_key": getattr(request, "idempotency_key", None),
-            "headers": {"retries": request.retries or 0},
+            "idempotency_key": key,
+            "headers": headers,
         },
         "failure_reason": redact(reason),
         "error_type": error_type,
@@ -57,34 +98,378 @@ def build_entry(task, args, kwargs, exc: BaseException | None, reason: str) -> d
     }
 
 
-def bury(task, args, kwargs, exc: BaseException | None, reason: str) -> dict[str, Any] | None:
-    """Dead-letter the run behind ``task.request`` and close its execution record."""
+def _transport_options() -> dict:
+    try:
+        from tasks.app import app
+
+        return dict(app.conf.broker_transport_options or {})
+    except Exception:  # noqa: BLE001 - kombu's defaults then
+        return {}
+
+
+def _bury_script(entry_json: str, *, job_id: str, owner: str, attempt: int, idempotency_key: str | None,
+                 release_key: bool, delivery_tag: str | None, pipe=None) -> int:
     settings = get_settings()
-    entry = build_entry(task, args, kwargs, exc, reason)
-    if not (settings.feature_dead_letter and getattr(task, "dead_letter", True)):
-        executions.finish(task, "dead")
-        return None
-    pipe = get_redis().pipeline(transaction=True)
-    pipe.lpush(keys().dead_letter, json.dumps(entry, default=str))
-    executions.finish(task, "dead", pipe=pipe)
-    pipe.execute()
-    log.error("job %s (%s) dead-lettered: %s", entry["job_id"], entry["task"], entry["failure_reason"])
-    return entry
+    k = keys()
+    transport = _transport_options()
+    key = k.idempotency(idempotency_key) if idempotency_key else k.idempotency("")
+    return load_script("deadletter_bury")(
+        keys=[k.dead_letter, k.job_state(job_id), k.active, k.active_deadlines, key,
+              k.kombu_unacked(transport), k.kombu_unacked_index(transport)],
+        args=[entry_json, job_id, owner, attempt, repr(time.time()), settings.idempotency_ttl_sec,
+              int(settings.feature_idempotency), int(bool(release_key and idempotency_key)),
+              delivery_tag or ""],
+        client=pipe,
+    )
 
 
-def bury_entry(entry: dict[str, Any], *, pipe=None) -> None:
-    """Write a ready-made entry (for jobs dead-lettered outside their run, e.g. by the sweep).
+def bury(task, args, kwargs, exc: BaseException | None, reason: str) -> dict[str, Any] | None:
+    """Dead-letter the run behind ``task.request`` and remove it everywhere, in one step.
 
-    ``entry`` has the contract's fields; it is redacted here. Placeholder: not
-    yet atomic with the removal of the job's other records.
+    Returns the entry written, or None when no entry is written
+    (``FEATURE_DEAD_LETTER=false`` or the task's ``dead_letter=False``); the
+    job is closed as "dead" either way.
     """
-    if not get_settings().feature_dead_letter:
-        return
+    from resilience.executions import owner_of
+
+    settings = get_settings()
+    request = task.request
+    entry = build_entry(task, args, kwargs, exc, reason)
+    write = settings.feature_dead_letter and getattr(task, "dead_letter", True)
+    properties = getattr(request, "properties", None) or {}
+    _bury_script(json.dumps(entry, default=str) if write else "", job_id=request.id, owner=owner_of(task),
+                 attempt=request.retries or 0, idempotency_key=getattr(request, "idempotency_key", None),
+                 release_key=getattr(task, "release_key_on_dead_letter", True),
+                 delivery_tag=properties.get("delivery_tag"))
+    log.error("job %s (%s) %s: %s", entry["job_id"], entry["task"],
+              "dead-lettered" if write else "failed for good (no dead-letter entry)", entry["failure_reason"])
+    return entry if write else None
+
+
+def bury_entry(entry: dict[str, Any], *, job_id: str | None = None, worker_id: str | None = None,
+               delivery_tag: str | None = None, release_key: bool = True, pipe=None) -> None:
+    """Dead-letter a job outside its run (the stuck-job sweep), atomically like :func:`bury`.
+
+    ``entry`` has the contract's fields (redacted here; ``failed_at`` filled
+    in if missing). ``job_id`` (default ``entry["job_id"]``) names the records
+    to close; ``worker_id`` limits the ``jobs:active`` removal to that run
+    (None removes it whoever owns it); ``delivery_tag`` removes the message
+    from kombu's ``unacked``; the idempotency key in ``entry["options"]`` is
+    released when ``release_key`` and the job still owns it.
+    """
     entry = dict(entry)
     entry["args"] = redact(entry.get("args") or [])
     entry["kwargs"] = redact(entry.get("kwargs") or {})
     entry["traceback"] = redact(entry.get("traceback") or "")
     entry["failure_reason"] = redact(entry.get("failure_reason") or "")
     entry.setdefault("failed_at", utc_iso())
-    client = pipe if pipe is not None else get_redis()
-    client.lpush(keys().dead_letter, json.dumps(entry, default=str))
+    job_id = job_id or entry.get("job_id")
+    if not job_id:
+        raise ValueError("bury_entry needs a job id (argument or entry field)")
+    options = entry.get("options") if isinstance(entry.get("options"), dict) else {}
+    write = get_settings().feature_dead_letter
+    _bury_script(json.dumps(entry, default=str) if write else "", job_id=job_id, owner=worker_id or "",
+                 attempt=int(entry.get("retry_count") or 0), idempotency_key=options.get("idempotency_key"),
+                 release_key=release_key, delivery_tag=delivery_tag, pipe=pipe)
+
+
+# -- reading -----------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Entry:
+    """One stored entry: its position, its raw text, and the parsed fields (None when malformed)."""
+
+    index: int
+    raw: str
+    data: dict[str, Any] | None
+    problem: str | None = None
+
+    @property
+    def malformed(self) -> bool:
+        return self.data is None
+
+    @property
+    def job_id(self) -> str | None:
+        return None if self.data is None else str(self.data.get("job_id"))
+
+    def to_json(self) -> dict[str, Any]:
+        if self.data is None:
+            return {"index": self.index, "malformed": True, "problem": self.problem, "raw": self.raw[:500]}
+        return {"index": self.index, **self.data}
+
+
+def _parse(index: int, raw: str) -> Entry:
+    try:
+        data = json.loads(raw)
+    except ValueError:
+        return Entry(index, raw, None, "not JSON")
+    if not isinstance(data, dict):
+        return Entry(index, raw, None, "not a JSON object")
+    missing = [name for name in REQUIRED_FIELDS if name not in data]
+    if missing:
+        return Entry(index, raw, None, f"missing fields: {', '.join(missing)}")
+    return Entry(index, raw, data)
+
+
+@dataclass(frozen=True)
+class Filter:
+    """Which entries an operation applies to; empty matches every well-formed entry."""
+
+    task: str | None = None
+    error_type: str | None = None
+    since: float | None = None  # epoch seconds: entries that failed at or after it
+
+    @property
+    def empty(self) -> bool:
+        return self.task is None and self.error_type is None and self.since is None
+
+    def matches(self, entry: Entry) -> bool:
+        if entry.data is None:
+            return False
+        data = entry.data
+        if self.task is not None and data.get("task") != self.task:
+            return False
+        if self.error_type is not None and data.get("error_type") != self.error_type:
+            return False
+        if self.since is not None:
+            try:
+                if parse_time(data.get("failed_at")) < self.since:
+                    return False
+            except (TypeError, ValueError):
+                return False
+        return True
+
+
+def _filter(task: str | None = None, error_type: str | None = None, since=None) -> Filter:
+    return Filter(task=task, error_type=error_type, since=None if since is None else parse_time(since))
+
+
+def iter_entries(client=None, page: int = PAGE) -> Iterator[Entry]:
+    """Every entry, newest first, read in pages (LRANGE)."""
+    client = client or get_redis()
+    key = keys().dead_letter
+    start = 0
+    while True:
+        chunk = client.lrange(key, start, start + page - 1)
+        for offset, raw in enumerate(chunk):
+            yield _parse(start + offset, raw)
+        if len(chunk) < page:
+            return
+        start += page
+
+
+def count() -> int:
+    return int(get_redis().llen(keys().dead_letter))
+
+
+def list_entries(*, task: str | None = None, error_type: str | None = None, since=None, limit: int = 50,
+                 offset: int = 0, include_malformed: bool = True) -> list[Entry]:
+    """Entries newest first. Unfiltered, this reads only the page asked for."""
+    flt = _filter(task, error_type, since)
+    if flt.empty:
+        raws = get_redis().lrange(keys().dead_letter, offset, offset + limit - 1) if limit > 0 else []
+        entries = [_parse(offset + i, raw) for i, raw in enumerate(raws)]
+        return [e for e in entries if include_malformed or not e.malformed]
+    found: list[Entry] = []
+    skipped = 0
+    for entry in iter_entries():
+        if flt.matches(entry):
+            if skipped < offset:
+                skipped += 1
+                continue
+            found.append(entry)
+            if len(found) >= limit:
+                break
+    return found
+
+
+def get(job_id: str) -> Entry | None:
+    """The newest entry of a job, or None."""
+    for entry in iter_entries():
+        if entry.job_id == job_id:
+            return entry
+    return None
+
+
+def _select(ids: list[str] | None, flt: Filter) -> list[Entry]:
+    if ids:
+        wanted = set(ids)
+        chosen, seen = [], set()
+        for entry in iter_entries():
+            if entry.job_id in wanted and entry.job_id not in seen:
+                chosen.append(entry)
+                seen.add(entry.job_id)
+        return chosen
+    return [entry for entry in iter_entries() if flt.matches(entry)]
+
+
+# -- operating -----------------------------------------------------------------------------
+def fresh_envelope(data: dict[str, Any], app=None) -> tuple[str, str]:
+    """The queue key and kombu envelope that re-runs a dead-lettered job as a fresh attempt."""
+    from resilience.scheduler import capture_message
+
+    if app is None:
+        from tasks.app import app
+    options = data.get("options") if isinstance(data.get("options"), dict) else {}
+    headers = {}
+    if options.get("idempotency_key"):
+        headers["idempotency_key"] = options["idempotency_key"]
+    queue = options.get("queue") or app.conf.task_default_queue or "celery"
+
+    def send(producer):
+        return app.send_task(data["task"], args=list(data.get("args") or []), kwargs=dict(data.get("kwargs") or {}),
+                             task_id=data["job_id"], queue=queue, producer=producer, retries=0, retry=False,
+                             headers=headers or None)
+
+    return capture_message(app, send)
+
+
+@dataclass
+class Outcome:
+    """What an operation did (or, with ``dry_run``, would do)."""
+
+    matched: list[str] = field(default_factory=list)
+    done: list[str] = field(default_factory=list)
+    gone: list[str] = field(default_factory=list)
+    dry_run: bool = False
+
+    def to_json(self) -> dict[str, Any]:
+        return {"matched": self.matched, "done": self.done, "gone": self.gone, "dry_run": self.dry_run}
+
+
+def replay_entry(entry: Entry, app=None) -> bool:
+    """Re-enqueue one entry's job (same id, retries 0) and remove the entry, atomically.
+
+    Returns False when the entry was already gone (someone else replayed or
+    purged it): the job is then not enqueued again.
+    """
+    if entry.data is None:
+        raise ValueError(f"entry {entry.index} is malformed ({entry.problem}); it cannot be replayed")
+    if app is None:
+        from tasks.app import app
+    job_id = str(entry.data["job_id"])
+    queue_key, envelope = fresh_envelope(entry.data, app)
+    k = keys()
+    result_key = app.backend.get_key_for_task(job_id) if hasattr(app.backend, "get_key_for_task") \
+        else k.job_state(job_id)
+    return bool(load_script("deadletter_replay")(
+        keys=[k.dead_letter, queue_key, k.job_state(job_id), str(result_key)],
+        args=[entry.raw, envelope],
+    ))
+
+
+def replay(ids: list[str] | None = None, *, all: bool = False, task: str | None = None,  # noqa: A002
+           error_type: str | None = None, since=None, dry_run: bool = False, app=None) -> Outcome:
+    """Replay the entries of ``ids``, or with ``all=True`` every entry matching the filters.
+
+    The job runs again with its stored (redacted) arguments: secrets masked
+    in the entry stay masked, so pass secrets to jobs by reference.
+    """
+    if not ids and not all:
+        raise ValueError("name job ids to replay, or pass all=True")
+    outcome = Outcome(dry_run=dry_run)
+    for entry in _select(ids, _filter(task, error_type, since)):
+        outcome.matched.append(entry.job_id)
+        if dry_run:
+            continue
+        (outcome.done if replay_entry(entry, app) else outcome.gone).append(entry.job_id)
+    return outcome
+
+
+def purge(ids: list[str] | None = None, *, all: bool = False, task: str | None = None,  # noqa: A002
+          error_type: str | None = None, since=None, malformed: bool = False, dry_run: bool = False) -> Outcome:
+    """Remove the entries of ``ids``, or with ``all=True`` every entry matching the filters.
+
+    Malformed entries are removed only with ``malformed=True`` (they are
+    reported as ``malformed:<index>``).
+    """
+    if not ids and not all and not malformed:
+        raise ValueError("name job ids to purge, or pass all=True (and filters)")
+    outcome = Outcome(dry_run=dry_run)
+    chosen = _select(ids, _filter(task, error_type, since)) if (ids or all) else []
+    if malformed:
+        chosen += [e for e in iter_entries() if e.malformed]
+    client = get_redis()
+    key = keys().dead_letter
+    for entry in chosen:
+        label = entry.job_id if entry.data is not None else f"malformed:{entry.index}"
+        outcome.matched.append(label)
+        if dry_run:
+            continue
+        (outcome.done if client.lrem(key, 1, entry.raw) else outcome.gone).append(label)
+    return outcome
+
+
+_VOLATILE = re.compile(r"0x[0-9a-f]+|[0-9a-f]{8}-[0-9a-f-]{27}|\d+", re.IGNORECASE)
+
+
+def fingerprint(data: dict[str, Any]) -> str:
+    """A stable grouping key: error type and the reason with numbers and ids masked."""
+    reason = str(data.get("failure_reason") or "").splitlines()[0] if data.get("failure_reason") else ""
+    return f"{data.get('error_type')}: {_VOLATILE.sub('N', reason)[:120]}"
+
+
+def stats() -> dict[str, Any]:
+    """Counts by task and by error fingerprint, plus malformed entries (one pass, paged)."""
+    by_task: Counter = Counter()
+    by_fingerprint: Counter = Counter()
+    by_error_type: Counter = Counter()
+    malformed: list[dict[str, Any]] = []
+    total = 0
+    oldest = newest = None
+    for entry in iter_entries():
+        total += 1
+        if entry.data is None:
+            malformed.append({"index": entry.index, "problem": entry.problem})
+            continue
+        data = entry.data
+        by_task[str(data.get("task"))] += 1
+        by_error_type[str(data.get("error_type"))] += 1
+        by_fingerprint[fingerprint(data)] += 1
+        at = data.get("failed_at")
+        if isinstance(at, str):
+            newest = at if newest is None or at > newest else newest
+            oldest = at if oldest is None or at < oldest else oldest
+    return {
+        "total": total,
+        "malformed": len(malformed),
+        "malformed_entries": malformed[:100],
+        "by_task": dict(by_task.most_common()),
+        "by_error_type": dict(by_error_type.most_common()),
+        "by_fingerprint": dict(by_fingerprint.most_common()),
+        "oldest_failed_at": oldest,
+        "newest_failed_at": newest,
+    }
+
+
+def trim(*, now: float | None = None, ttl_days: float | None = None, max_entries: int | None = None,
+         batch: int = 1000) -> dict[str, int]:
+    """Drop entries older than ``DEAD_LETTER_TTL_DAYS`` and beyond ``DEAD_LETTER_MAX_ENTRIES``.
+
+    Each step is one Lua call (``lua/deadletter_trim.lua``) over at most
+    ``batch`` entries from the oldest end; entries whose age cannot be read
+    are kept for an operator.
+    """
+    settings = get_settings()
+    now = time.time() if now is None else now
+    ttl_days = settings.dead_letter_ttl_days if ttl_days is None else ttl_days
+    max_entries = settings.dead_letter_max_entries if max_entries is None else max_entries
+    script = load_script("deadletter_trim")
+    expired = capped = 0
+    while True:
+        removed, cut, more = script(keys=[keys().dead_letter],
+                                    args=[repr(now - ttl_days * 86400), batch, max_entries])
+        expired += int(removed)
+        capped += int(cut)
+        if not (str(more) == "1" and int(removed) > 0):
+            break
+    if expired or capped:
+        log.info("dead-letter queue trimmed: %d expired, %d beyond the cap", expired, capped)
+    return {"expired": expired, "capped": capped}
+
+
+def install(app, settings) -> None:
+    """Beat trims the dead-letter queue (retention and cap) on a timer."""
+    app.conf.beat_schedule["resilience.trim-dead-letters"] = {
+        "task": "resilience.trim_dead_letters",
+        "schedule": settings.dead_letter_trim_interval_sec,
+    }

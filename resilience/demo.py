@@ -55,6 +55,9 @@ class Demo:
                 if n % 10 == 0:
                     demo.permanent.delay(n)
                     self.submitted["permanent (dead-lettered)"] += 1
+                if n % 8 == 0:  # waits durably in jobs:scheduled ("waiting retries") until due
+                    demo.ok.apply_async((n,), countdown=20)
+                    self.submitted["ok in 20 s (durable countdown)"] += 1
             except Exception as exc:  # keep the demo going through outages
                 self.errors[type(exc).__name__] += 1
             self._stop.wait(interval)

@@ -23,6 +23,7 @@ FEATURE_INSTALLERS: list[str] = [
     "resilience.heartbeat:install",
     "resilience.health:install",
     "resilience.tracking:install",
+    "resilience.retrying:install",
 ]
 
 _installed: set[int] = set()

@@ -125,6 +125,17 @@ class Keys:
         """Hash of counters kept for status views (``stats:<name>``)."""
         return self._k(f"stats:{name}")
 
+    # -- kombu's own keys (never prefixed; the broker names them) ----------------------
+    @staticmethod
+    def kombu_unacked(transport_options: dict | None = None) -> str:
+        """Hash: delivery tag -> JSON [message, exchange, routing key] of unacked messages."""
+        return (transport_options or {}).get("unacked_key", "unacked")
+
+    @staticmethod
+    def kombu_unacked_index(transport_options: dict | None = None) -> str:
+        """Sorted set: delivery tag -> epoch seconds it was delivered (visibility timeout)."""
+        return (transport_options or {}).get("unacked_index_key", "unacked_index")
+
     def custom(self, name: str) -> str:
         """A prefixed key for a concern not listed above (document it in docs/)."""
         return self._k(name)

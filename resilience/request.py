@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import logging
 
+from billiard.einfo import ExceptionWithTraceback
 from billiard.exceptions import WorkerLostError
 from celery.worker.request import Request
 
@@ -30,8 +31,16 @@ class ResilientRequest(Request):
 
         self._request_dict["resilience_worker"] = worker_id(self._hostname)
 
+    def _lost_worker(self, exc) -> bool:
+        """Whether the pool process died under the job (Celery wraps or reports it as an exit)."""
+        if isinstance(exc, ExceptionWithTraceback):
+            exc = exc.exc
+        if isinstance(exc, (SystemExit, KeyboardInterrupt)):
+            return not (self._already_cancelled or self._already_revoked)
+        return isinstance(exc, WorkerLostError)
+
     def on_failure(self, exc_info, send_failed_event=True, return_ok=False):
-        if isinstance(getattr(exc_info, "exception", None), WorkerLostError):
+        if self._lost_worker(getattr(exc_info, "exception", None)):
             try:
                 from resilience import executions
                 from resilience.identity import worker_id

@@ -1,9 +1,22 @@
 """What happens when a job fails: retry with backoff, or dead-letter.
 
 Only errors in the task's ``retry_for`` (default :data:`DEFAULT_RETRY_FOR`,
-transient network and timeout errors) are retried, up to ``max_retries``;
-:class:`~resilience.errors.PermanentError` and every other error go straight to
-the dead-letter queue. Options resolve call > task > settings.
+transient network and timeout errors) are retried, up to ``max_retries``
+retries after the first run; :class:`~resilience.errors.PermanentError` and
+every other error go straight to the dead-letter queue, and so does a
+retryable error once the retries are spent.
+
+Options resolve call > task > settings: ``self.retry(countdown=...,
+max_retries=...)`` wins over the task's ``max_retries``, ``retry_backoff``,
+``retry_backoff_max`` and ``retry_jitter``, which win over ``RETRY_MAX``,
+``RETRY_BACKOFF_BASE_SEC``, ``RETRY_BACKOFF_MAX_SEC`` and ``RETRY_JITTER``.
+The delay follows :class:`~resilience.backoff.ExponentialBackoff`; the retry
+itself is Celery's ``Task.retry`` (same id, ``retries + 1``), which the submit
+path turns into a durable delayed run (:mod:`resilience.scheduler`).
+
+With ``FEATURE_SMART_RETRY=false`` retryable errors are still retried through
+``Task.retry``, but with Celery's own countdown (``default_retry_delay``) and
+ETA messages.
 """
 
 from __future__ import annotations
@@ -11,7 +24,7 @@ from __future__ import annotations
 import logging
 import socket
 
-from celery.exceptions import Ignore
+from celery.exceptions import Ignore, MaxRetriesExceededError
 
 from resilience import deadletter, executions
 from resilience.backoff import ExponentialBackoff
@@ -39,32 +52,42 @@ except ImportError:  # pragma: no cover
 
 
 def max_retries_of(task, override: int | None = None) -> int:
+    """Retries allowed after the first run: call > task > ``RETRY_MAX``."""
     if override is not None:
-        return override
+        return int(override)
     if task.max_retries is not None:
-        return task.max_retries
+        return int(task.max_retries)
     return get_settings().retry_max
 
 
-def backoff_of(task) -> ExponentialBackoff:
+def backoff_of(task, *, base: float | None = None, cap: float | None = None,
+               jitter: bool | None = None) -> ExponentialBackoff:
+    """The task's backoff strategy: call > task > settings for base, cap and jitter."""
     settings = get_settings()
-    base = task.retry_backoff
-    if isinstance(base, bool) or not base:
-        base = settings.retry_backoff_base_sec
-    cap = task.retry_backoff_max or settings.retry_backoff_max_sec
-    jitter = task.retry_jitter if task.retry_jitter is not None else settings.retry_jitter
+    if base is None:
+        base = task.retry_backoff
+        if isinstance(base, bool) or not base:
+            base = settings.retry_backoff_base_sec
+    if cap is None:
+        cap = task.retry_backoff_max or settings.retry_backoff_max_sec
+    if jitter is None:
+        jitter = task.retry_jitter if task.retry_jitter is not None else settings.retry_jitter
     return ExponentialBackoff(base=float(base), cap=max(float(cap), float(base)), jitter=bool(jitter))
 
 
 def is_retryable(task, exc: BaseException) -> bool:
+    """Whether ``exc`` is worth another run: in ``retry_for`` and not a PermanentError."""
     if isinstance(exc, PermanentError):
         return False
     retry_for = task.retry_for if task.retry_for is not None else DEFAULT_RETRY_FOR
     return isinstance(exc, tuple(retry_for))
 
 
-def resolve_retry(task, exc, eta, countdown, max_retries):
-    """Fill in ``self.retry()``'s countdown and max_retries from the policy."""
+def resolve_retry(task, exc, eta, countdown, max_retries) -> tuple[float | None, int | None]:
+    """Fill in ``self.retry()``'s countdown and max_retries from the policy.
+
+    An explicit ``countdown`` or ``eta`` is honoured as given.
+    """
     if not get_settings().feature_smart_retry:
         return countdown, max_retries if max_retries is not None else task.max_retries
     max_retries = max_retries_of(task, max_retries)
@@ -73,20 +96,22 @@ def resolve_retry(task, exc, eta, countdown, max_retries):
     return countdown, max_retries
 
 
+def failure_reason(task, exc: BaseException, retries: int) -> str:
+    if isinstance(exc, PermanentError):
+        return f"permanent error: {exc}"
+    if isinstance(exc, MaxRetriesExceededError) or (retries and retries >= max_retries_of(task)):
+        return f"retries exhausted after {retries} retries: {type(exc).__name__}: {exc}"
+    if is_retryable(task, exc):
+        return f"retries exhausted after {retries} retries: {type(exc).__name__}: {exc}"
+    return f"non-retryable {type(exc).__name__}: {exc}"
+
+
 def handle_failure(task, exc: BaseException, args, kwargs) -> None:
     """Retry (raises Celery's ``Retry``) or dead-letter; returns to let ``exc`` propagate."""
-    settings = get_settings()
     retries = task.request.retries or 0
     if is_retryable(task, exc) and retries < max_retries_of(task):
-        if settings.feature_smart_retry:
-            task.retry(exc=exc)
-    if isinstance(exc, PermanentError):
-        reason = f"permanent error: {exc}"
-    elif is_retryable(task, exc):
-        reason = f"retries exhausted after {retries} retries: {exc}"
-    else:
-        reason = f"non-retryable {type(exc).__name__}: {exc}"
-    deadletter.bury(task, args, kwargs, exc, reason)
+        task.retry(exc=exc)
+    deadletter.bury(task, args, kwargs, exc, failure_reason(task, exc, retries))
 
 
 def skip(task, decision: executions.Decision):
@@ -100,3 +125,11 @@ def bury_poison(task, args, kwargs, decision: executions.Decision):
     reason = f"poison job: {decision.deliveries - 1} deliveries killed their worker"
     deadletter.bury(task, args, kwargs, None, reason)
     raise Ignore()
+
+
+def install(app, settings) -> None:
+    """Wire retries, delayed runs and dead-letter upkeep: the promoter step and beat entries."""
+    from resilience import scheduler
+
+    scheduler.install(app, settings)
+    deadletter.install(app, settings)

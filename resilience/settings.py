@@ -194,6 +194,16 @@ class Settings:
     poison_max_deliveries: int = _setting("POISON_MAX_DELIVERIES", 3, _positive_int,
         "Deliveries that kill their worker before a job is dead-lettered as poison")
 
+    # -- Delayed runs and dead-letter upkeep (retry-dlq) ------------------------------
+    scheduler_poll_interval_sec: float = _setting("SCHEDULER_POLL_INTERVAL_SEC", 0.5, _positive_float,
+        "How often each worker moves due delayed runs (jobs:scheduled) to their queues")
+    scheduler_batch_size: int = _setting("SCHEDULER_BATCH_SIZE", 200, _positive_int,
+        "Most due delayed runs one promotion step moves")
+    scheduler_beat_interval_sec: float = _setting("SCHEDULER_BEAT_INTERVAL_SEC", 10.0, _positive_float,
+        "How often beat promotes due delayed runs too (backstop when no worker is polling)")
+    dead_letter_trim_interval_sec: float = _setting("DEAD_LETTER_TRIM_INTERVAL_SEC", 3600.0, _positive_float,
+        "How often beat trims jobs:dead_letter to DEAD_LETTER_TTL_DAYS and DEAD_LETTER_MAX_ENTRIES")
+
     # -- Dead letters ----------------------------------------------------------
     dead_letter_ttl_days: float = _setting("DEAD_LETTER_TTL_DAYS", 30.0, _positive_float,
         "Each dead-letter entry is trimmed after this many days")

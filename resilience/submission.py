@@ -82,9 +82,9 @@ def submit(task, args, kwargs, *, task_id, producer, link, link_error, shadow,
             options["headers"] = headers
         from resilience import outage, scheduler
 
-        def plain():
-            return publish(args, kwargs, task_id=job_id, producer=producer, link=link,
-                           link_error=link_error, shadow=shadow, **options)
+        def plain(**overrides):  # overrides: the scheduler publishes through its own producer, undelayed
+            return publish(args, kwargs, task_id=job_id, producer=overrides.pop("producer", producer), link=link,
+                           link_error=link_error, shadow=shadow, **{**options, **overrides})
 
         if scheduler.wants_delay(options):
             return scheduler.schedule(task, args, kwargs, job_id, options, fallback=plain)

@@ -8,7 +8,25 @@ from tasks.app import app
 
 # -- delayed runs and retries (resilience.scheduler) --------------------------------
 
+
+@app.task(name="resilience.promote_delayed_runs", ignore_result=True, max_retries=0, dead_letter=False)
+def promote_delayed_runs() -> int:
+    """Beat's backstop for the workers' promoter: move due delayed runs to their queues."""
+    from resilience import scheduler
+
+    return scheduler.promote_due()
+
+
 # -- dead letters (resilience.deadletter) ------------------------------------------
+
+
+@app.task(name="resilience.trim_dead_letters", ignore_result=True, max_retries=0, dead_letter=False)
+def trim_dead_letters() -> dict:
+    """Drop dead-letter entries older than DEAD_LETTER_TTL_DAYS and beyond DEAD_LETTER_MAX_ENTRIES."""
+    from resilience import deadletter
+
+    return deadletter.trim()
+
 
 # -- stuck jobs (resilience.sweeper) -------------------------------------------------
 
