@@ -92,6 +92,25 @@ class Keys:
         """Hash of counters kept for status views (``stats:<name>``)."""
         return self._k(f"stats:{name}")
 
+    # -- kombu's own (never prefixed; read and repaired by the stuck-job sweep) ----
+    @property
+    def kombu_unacked(self) -> str:
+        """kombu hash: delivery tag -> JSON [message, exchange, routing key] of a delivered message."""
+        return "unacked"
+
+    @property
+    def kombu_unacked_index(self) -> str:
+        """kombu sorted set: delivery tag -> epoch seconds it was delivered."""
+        return "unacked_index"
+
+    def kombu_binding(self, exchange: str) -> str:
+        """kombu set: ``routing key \\x06\\x16 pattern \\x06\\x16 queue`` bindings of an exchange."""
+        return f"_kombu.binding.{exchange}"
+
+    def kombu_queue(self, queue: str, priority: int = 0) -> str:
+        """kombu list of a queue at a priority step (kombu's ``_q_for_pri``)."""
+        return f"{queue}\x06\x16{priority}" if priority else queue
+
     def custom(self, name: str) -> str:
         """A prefixed key for a concern not listed above (document it in docs/)."""
         return self._k(name)
