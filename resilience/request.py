@@ -20,7 +20,9 @@ log = logging.getLogger(__name__)
 
 class ResilientRequest(Request):
     def on_failure(self, exc_info, send_failed_event=True, return_ok=False):
-        if isinstance(getattr(exc_info, "exception", None), WorkerLostError):
+        exc = getattr(exc_info, "exception", None)
+        exc = getattr(exc, "exc", exc)  # billiard wraps it in ExceptionWithTraceback
+        if isinstance(exc, WorkerLostError):
             try:
                 from resilience import executions
                 from resilience.identity import worker_id
