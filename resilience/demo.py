@@ -54,6 +54,9 @@ class Demo:
                 if n % 10 == 0:
                     demo.permanent.delay(n)
                     self.submitted["permanent (dead-lettered)"] += 1
+                if n % 240 == 0:
+                    demo.stuck.delay(n)
+                    self.submitted["stuck (stopped by the sweep)"] += 1
             except Exception as exc:  # keep the demo going through outages
                 self.errors[type(exc).__name__] += 1
             self._stop.wait(interval)
