@@ -35,11 +35,16 @@ __all__ = ["beat", "held_delivery_tags", "remove", "HeartbeatStep", "install"]
 
 
 def held_delivery_tags() -> list[str]:
-    """kombu delivery tags of the requests this worker process holds (reserved + running)."""
+    """kombu delivery tags of the requests this worker process holds.
+
+    Reserved and running requests, and those waiting for their ETA or
+    countdown (a retry's delay), which stay unacked in kombu meanwhile.
+    """
     from celery.worker import state
 
     tags = set()
-    for request in list(state.reserved_requests) + list(state.active_requests):
+    held = list(state.reserved_requests) + list(state.active_requests) + list(state.scheduled_requests)
+    for request in held:
         message = getattr(request, "message", None)
         tag = getattr(message, "delivery_tag", None)
         if tag:

@@ -8,6 +8,7 @@ runs the sweep itself (as beat would) while it waits.
 from __future__ import annotations
 
 import json
+import os
 import signal
 import threading
 import time
@@ -17,7 +18,7 @@ import pytest
 from resilience import sweeper
 from resilience.keys import keys
 from resilience.locks import Lock
-from resilience.testing import SubprocessWorker, configure, wait_for
+from resilience.testing import SubprocessWorker, configure, in_process_worker, wait_for
 from tests.jobs import runs
 
 TIGHT = dict(worker_heartbeat_timeout_sec=3, worker_heartbeat_interval_sec=0.5, stuck_sweep_interval_sec=1,
@@ -91,8 +92,6 @@ def test_a_job_whose_pool_process_is_killed_completes_once(app, r, log_dir):
             children = w.pool_pids()
             assert children
             for pid in children:
-                import os
-
                 os.kill(pid, signal.SIGKILL)
             sweep_until(app, lambda: completed(r, job.id) == 1, 60, "the job to complete after the crash")
             wait_for(lambda: state(r, job.id).get("s") == "done", 30, message="the job's record to say done")
@@ -210,6 +209,22 @@ def test_a_message_a_live_worker_just_received_is_left_alone(app, r):
         report = sweeper.sweep(app, now=now)
         assert [a["delivery_tag"] for a in report.restored] == ["orphan"]
         assert r.hexists("unacked", "held") and r.hexists("unacked", "fresh")
+
+
+def test_a_job_waiting_for_its_countdown_on_a_live_worker_is_left_alone(app, r):
+    with configure(**TIGHT), in_process_worker(app):
+        job = app.tasks["tests.add"].apply_async((1, 2), countdown=30)
+        tag = wait_for(lambda: (r.hkeys("unacked") or [None])[0], 30, message="the worker to take the message")
+        delivered = r.zscore("unacked_index", tag)
+
+        def listed_after_delivery():
+            info = json.loads(r.hget(keys().worker_info, next(iter(r.hkeys(keys().worker_info)))))
+            return tag in info["tags"] and info["at"] > delivered + 1
+
+        wait_for(listed_after_delivery, 30, message="a heartbeat to list the scheduled job's delivery tag")
+        report = sweeper.sweep(app)
+        assert report.restored == [] and report.requeued == []
+        assert r.hexists("unacked", tag) and runs(job.id) == 0
 
 
 # -- the lock, the flag, heartbeats -------------------------------------------------------------
