@@ -36,7 +36,7 @@ import time
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from resilience import deadletter, executions
+from resilience import deadletter
 from resilience.identity import hostname_of
 from resilience.keys import keys
 from resilience.locks import Lock
