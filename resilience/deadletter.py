@@ -98,7 +98,7 @@ def build_entry(task, args, kwargs, exc: BaseException | None, reason: str) -> d
     }
 
 
-def _transport_options() -> dict:
+def broker_transport_options() -> dict:
     try:
         from tasks.app import app
 
@@ -111,7 +111,7 @@ def _bury_script(entry_json: str, *, job_id: str, owner: str, attempt: int, idem
                  release_key: bool, delivery_tag: str | None, pipe=None) -> int:
     settings = get_settings()
     k = keys()
-    transport = _transport_options()
+    transport = broker_transport_options()
     key = k.idempotency(idempotency_key) if idempotency_key else k.idempotency("")
     return load_script("deadletter_bury")(
         keys=[k.dead_letter, k.job_state(job_id), k.active, k.active_deadlines, key,

@@ -58,6 +58,9 @@ class Demo:
                 if n % 8 == 0:  # waits durably in jobs:scheduled ("waiting retries") until due
                     demo.ok.apply_async((n,), countdown=20)
                     self.submitted["ok in 20 s (durable countdown)"] += 1
+                if n % 240 == 0:
+                    demo.stuck.delay(n)
+                    self.submitted["stuck (stopped by the sweep)"] += 1
             except Exception as exc:  # keep the demo going through outages
                 self.errors[type(exc).__name__] += 1
             self._stop.wait(interval)

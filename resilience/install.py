@@ -24,6 +24,7 @@ FEATURE_INSTALLERS: list[str] = [
     "resilience.health:install",
     "resilience.tracking:install",
     "resilience.retrying:install",
+    "resilience.sweeper:install",
 ]
 
 _installed: set[int] = set()

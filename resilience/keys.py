@@ -136,6 +136,14 @@ class Keys:
         """Sorted set: delivery tag -> epoch seconds it was delivered (visibility timeout)."""
         return (transport_options or {}).get("unacked_index_key", "unacked_index")
 
+    def kombu_binding(self, exchange: str) -> str:
+        """kombu set: ``routing key \\x06\\x16 pattern \\x06\\x16 queue`` bindings of an exchange."""
+        return f"_kombu.binding.{exchange}"
+
+    def kombu_queue(self, queue: str, priority: int = 0) -> str:
+        """kombu list of a queue at a priority step (kombu's ``_q_for_pri``)."""
+        return f"{queue}\x06\x16{priority}" if priority else queue
+
     def custom(self, name: str) -> str:
         """A prefixed key for a concern not listed above (document it in docs/)."""
         return self._k(name)

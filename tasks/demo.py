@@ -49,3 +49,10 @@ def charge(self, order_id: str, amount_cents: int) -> dict:
     """An idempotent payment: duplicate submissions are absorbed."""
     _count("charge")
     return {"order_id": order_id, "charged": amount_cents}
+
+
+@app.task(bind=True, name="demo.stuck", progress_timeout=10, max_retries=0)
+def stuck(self, n: int) -> None:
+    """Hangs without reporting progress: the stuck-job sweep stops it and dead-letters it."""
+    _count("stuck")
+    time.sleep(600)

@@ -30,6 +30,15 @@ def trim_dead_letters() -> dict:
 
 # -- stuck jobs (resilience.sweeper) -------------------------------------------------
 
+
+@app.task(name="resilience.sweep_stuck_jobs", ignore_result=True)
+def sweep_stuck_jobs() -> dict:
+    """Beat's stuck-job sweep (every STUCK_SWEEP_INTERVAL_SEC); see resilience.sweeper."""
+    from resilience import sweeper
+
+    return sweeper.sweep(app).as_dict()
+
+
 # -- alerts (resilience.alerts) --------------------------------------------------------
 
 
