@@ -326,8 +326,8 @@ def _publish(app, entry: dict, job_id: str, *, retries: int, countdown: float) -
         return
     from resilience import scheduler
 
-    def plain():
-        return task.plain_apply_async(args, kwargs, **options)
+    def plain(**overrides):
+        return task.plain_apply_async(args, kwargs, **{**options, **overrides})
 
     if scheduler.wants_delay(options):  # durable delayed runs, when that feature is on
         scheduler.schedule(task, args, kwargs, job_id, options, fallback=plain)
