@@ -105,12 +105,14 @@ def _failure_of(exc: BaseException) -> BaseException | None:
     """The error a raised exception stands for, or None for control flow.
 
     A body that catches an error and calls ``self.retry(exc=...)`` raises
-    Celery's ``Retry``: the error it carries is what the call did.
+    Celery's ``Retry``: the error it carries is what the call did. A
+    ``CircuitOpenError`` from another breaker inside the call is no verdict on
+    this one's dependency.
     """
     if isinstance(exc, Retry):
         return exc.exc if isinstance(exc.exc, Exception) else None
-    if isinstance(exc, (Ignore, Reject)) or not isinstance(exc, Exception):
-        return None
+    if isinstance(exc, (Ignore, Reject, CircuitOpenError)) or not isinstance(exc, Exception):
+        return None  # control flow, or another breaker refusing: nothing about this dependency
     return exc
 
 
@@ -266,6 +268,8 @@ class Breaker(pybreaker.CircuitBreaker):
 
     def _settle(self, ticket: _Ticket | None, exc: BaseException | None) -> None:
         error = _failure_of(exc) if exc is not None else None
+        if exc is not None and error is None:
+            return  # says nothing about the dependency (a trial's slot frees after one reset timeout)
         failed = error is not None and self.is_system_error(error)
         for listener in self.listeners:
             if failed:
@@ -274,8 +278,6 @@ class Breaker(pybreaker.CircuitBreaker):
                 _quietly(listener.success, self)
         if ticket is None:
             return
-        if exc is not None and error is None and not ticket.trial:
-            return  # control flow says nothing about the dependency
         if not failed and not ticket.trial and ticket.failures == 0:
             return  # a closed breaker with nothing to reset: no round trip
         try:

@@ -251,3 +251,14 @@ def test_http_read_timeout_counts_as_a_failure(r):
         with pytest.raises(httpx.ReadTimeout):
             client.get("/report")
         assert client.breaker.fail_counter == 1
+
+
+def test_a_refusal_by_another_breaker_inside_the_call_does_not_count(r):
+    outer, inner = Breaker("outer", fail_max=1), Breaker("inner", fail_max=1)
+    inner.open()
+
+    for _ in range(3):
+        with pytest.raises(CircuitOpenError):
+            outer.call(inner.call, lambda: None)
+
+    assert outer.current_state == "closed" and outer.fail_counter == 0
