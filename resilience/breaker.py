@@ -186,6 +186,11 @@ class Breaker(pybreaker.CircuitBreaker):
         return self.record()["state"]
 
     @property
+    def state(self) -> _StateView:  # type: ignore[override]
+        """The shared state (pybreaker's per-process state objects are not used)."""
+        return _StateView(self.current_state)
+
+    @property
     def fail_counter(self) -> int:
         return int(self.record().get("failures") or 0)
 
