@@ -38,6 +38,10 @@ class Demo:
         from tasks import demo
 
         interval = 1.0 / max(self.rate, 0.1)
+        from resilience.flakyapi import FlakyAPI
+
+        api = FlakyAPI().start()  # the "external API": fails for a while, then recovers
+        api.fail_between(time.time() + 15, time.time() + 40)
         for n in itertools.count(1):
             if self._stop.is_set():
                 return
@@ -61,6 +65,9 @@ class Demo:
                 if n % 240 == 0:
                     demo.stuck.delay(n)
                     self.submitted["stuck (stopped by the sweep)"] += 1
+                if n % 2 == 0:
+                    demo.call_api.delay(api.url, n)
+                    self.submitted["call_api (breaker opens, closes)"] += 1
             except Exception as exc:  # keep the demo going through outages
                 self.errors[type(exc).__name__] += 1
             self._stop.wait(interval)

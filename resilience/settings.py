@@ -225,6 +225,12 @@ class Settings:
         "How long a breaker stays open before it admits trial calls")
     breaker_half_open_max_calls: int = _setting("BREAKER_HALF_OPEN_MAX_CALLS", 1, _positive_int,
         "Trial calls admitted cluster-wide while a breaker is half-open")
+    breaker_park_jitter_sec: float = _setting("BREAKER_PARK_JITTER_SEC", 5.0, _positive_float,
+        "A job parked by an open breaker runs again when it is due to half-open plus up to this jitter")
+    http_connect_timeout_sec: float = _setting("HTTP_CONNECT_TIMEOUT_SEC", 5.0, _positive_float,
+        "Connect timeout of the breaker-guarded HTTP client (resilience.httpclient)")
+    http_read_timeout_sec: float = _setting("HTTP_READ_TIMEOUT_SEC", 30.0, _positive_float,
+        "Read/write timeout of the breaker-guarded HTTP client (resilience.httpclient)")
     alert_webhook_url: str | None = _setting("ALERT_WEBHOOK_URL", None, _http_url,
         "Webhook that receives JSON alerts (unset: alerts are only logged)")
     alert_webhook_secret: str | None = _setting("ALERT_WEBHOOK_SECRET", None, _optional_str,

@@ -8,8 +8,8 @@ moments of a job's life:
   arguments, deduplicates by idempotency key, keeps delayed runs in Redis and
   survives a broker outage;
 * start (``__call__``): :mod:`resilience.executions` claims the execution record
-  (guard + active-job registry), :mod:`resilience.breaker` parks a job whose
-  breaker is open;
+  (guard + active-job registry), :mod:`resilience.breaker` runs the body
+  through the job's breaker and parks a job refused by an open breaker;
 * failure: :mod:`resilience.retrying` retries with backoff or dead-letters;
 * end: the record is closed in the same round trip that removes the registry entry.
 
@@ -154,11 +154,9 @@ class ResilientTask(Task):
         if decision.deliveries > get_settings().poison_max_deliveries:
             return retrying.bury_poison(self, args, kwargs, decision)
         try:
-            if self.breaker:
-                from resilience import breaker as breakers
+            from resilience import breaker as breakers
 
-                breakers.gate_task(self)
-            result = self.run(*args, **kwargs)
+            result = breakers.run_job(self, args, kwargs)
         except Retry:
             raise
         except (Ignore, Reject):

@@ -5,7 +5,11 @@ from __future__ import annotations
 import random
 import time
 
+import httpx
+
 from resilience import PermanentError
+from resilience.breaker import get_breaker
+from resilience.httpclient import BreakerClient
 from resilience.keys import keys
 from resilience.store import get_redis
 from tasks.app import app
@@ -56,3 +60,19 @@ def stuck(self, n: int) -> None:
     """Hangs without reporting progress: the stuck-job sweep stops it and dead-letters it."""
     _count("stuck")
     time.sleep(600)
+
+
+# -- circuit breakers: a failing external API behind a shared breaker ----------------
+#: Per-breaker overrides, declared where every worker imports them.
+DEMO_API = get_breaker("demo-api", fail_max=5, reset_timeout_sec=10)
+
+
+@app.task(bind=True, name="demo.call_api", breaker="demo-api", retry_for=(httpx.HTTPError,), max_retries=4,
+          retry_backoff=1, retry_backoff_max=8)
+def call_api(self, base_url: str, n: int) -> int:
+    """Calls the demo's local "external API": while it fails, the breaker opens and jobs are parked."""
+    _count("api_attempt")
+    with BreakerClient(DEMO_API, base_url=base_url, read_timeout_sec=5) as api:
+        api.get(f"/quotes/{n}")
+    _count("api_ok")
+    return n
