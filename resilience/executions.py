@@ -120,17 +120,28 @@ def finish(task, outcome: str, *, attempt: int | None = None, now: float | None 
     if not (settings.feature_idempotency or settings.feature_stuck_jobs):
         return
     request = task.request
+    release_key = None
+    if outcome == "dead" and getattr(task, "release_key_on_dead_letter", True):
+        release_key = getattr(request, "idempotency_key", None)
     finish_job(request.id, owner_of(task), outcome,
-               attempt=request.retries or 0 if attempt is None else attempt, now=now, pipe=pipe)
+               attempt=request.retries or 0 if attempt is None else attempt, now=now, pipe=pipe,
+               release_key=release_key)
 
 
 def finish_job(job_id: str, owner: str, outcome: str, *, attempt: int = 0,
-               now: float | None = None, pipe=None) -> None:
-    """:func:`finish` for a job known by id and worker id (used outside the run too)."""
+               now: float | None = None, pipe=None, release_key: str | None = None) -> None:
+    """:func:`finish` for a job known by id and worker id (used outside the run too).
+
+    With ``release_key`` and outcome "dead", the idempotency key is released in
+    the same step if this job still owns it, so the request can be submitted again.
+    """
     settings = get_settings()
     k = keys()
+    script_keys = [k.job_state(job_id), k.active, k.active_deadlines]
+    if release_key and settings.feature_idempotency:
+        script_keys.append(k.idempotency(release_key))
     load_script("job_finish")(
-        keys=[k.job_state(job_id), k.active, k.active_deadlines],
+        keys=script_keys,
         args=[job_id, owner, outcome, attempt, repr(_now() if now is None else now),
               settings.idempotency_ttl_sec, int(settings.feature_idempotency)],
         client=pipe,
