@@ -11,7 +11,8 @@ registry together.
 
 A record is keyed by job id: a redelivered message keeps its task id, so a
 redelivery after a lost ack, a visibility timeout or a worker crash finds the
-record of the first delivery.
+record of the first delivery. A message that carries an idempotency key owned
+by another job is a duplicate of that job and is not run either.
 """
 
 from __future__ import annotations
@@ -32,7 +33,7 @@ __all__ = ["Decision", "begin", "finish", "progress", "job_state", "active_jobs"
 
 log = logging.getLogger(__name__)
 
-RUN, DONE, DEAD, STALE, BUSY = "run", "done", "dead", "stale", "busy"
+RUN, DONE, DEAD, STALE, BUSY, DUPLICATE = "run", "done", "dead", "stale", "busy", "duplicate"
 
 
 @dataclass(frozen=True)
@@ -98,8 +99,11 @@ def begin(task, args, kwargs, *, now: float | None = None) -> Decision:
     request = task.request
     k = keys()
     entry = registry_entry(task, args, kwargs, now)
+    script_keys = [k.job_state(request.id), k.active, k.active_deadlines, k.worker_heartbeats]
+    if guard and entry["idempotency_key"]:
+        script_keys.append(k.idempotency(entry["idempotency_key"]))
     result = load_script("job_start")(
-        keys=[k.job_state(request.id), k.active, k.active_deadlines, k.worker_heartbeats],
+        keys=script_keys,
         args=[
             request.id, entry["worker"], repr(now), request.retries or 0,
             json.dumps(entry, default=str), repr(now + entry["timeout"]),

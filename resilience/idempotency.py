@@ -30,7 +30,8 @@ log = logging.getLogger(__name__)
 
 #: Counters in ``stats:idempotency``: duplicate submissions absorbed, and
 #: deliveries the execution guard acknowledged without a run (by reason) or deferred.
-COUNTERS = ("absorbed_submissions", "skipped_done", "skipped_dead", "skipped_stale", "deferred_busy")
+COUNTERS = ("absorbed_submissions", "skipped_done", "skipped_dead", "skipped_stale", "skipped_duplicate",
+            "deferred_busy")
 
 
 def count(counter: str) -> None:

@@ -201,6 +201,16 @@ def test_a_redelivery_while_the_first_run_goes_on_does_not_run_concurrently(app,
     assert int(r.get(keys().custom(jobs.MAX_RUNNING))) == 1
 
 
+def test_a_message_whose_key_another_job_owns_is_not_run(app, r, worker):
+    first = jobs.echo.apply_async(("paid",), idempotency_key="order-7")
+    assert first.get(timeout=30) == "paid"
+    other_id = str(uuid.uuid4())
+    jobs.echo.plain_apply_async(("paid",), task_id=other_id, headers={"idempotency_key": "order-7"})
+    wait_for(lambda: idempotency.counters()["skipped_duplicate"] == 1, 30, message="the duplicate to be skipped")
+    wait_for(lambda: drained(app, r), 30, message="the duplicate to be acknowledged")
+    assert runs(first.id) == 1 and runs(other_id) == 0
+
+
 # -- lifecycle -------------------------------------------------------------------------------
 
 def dead_letters(r) -> list[dict]:
