@@ -8,13 +8,15 @@ publish fails, the claim is released with compare-and-delete so the caller can
 try again, and the error propagates.
 
 Derived keys are ``<task name>:<sha256 of the canonical JSON>`` of
-``[task name, args, kwargs]``; see :func:`resilience.submission.canonical_json`
+``[task name, args, kwargs]`` with the arguments named by the task's signature
+(:func:`named_arguments`); see :func:`resilience.submission.canonical_json`
 for what counts as "the same arguments".
 """
 
 from __future__ import annotations
 
 import hashlib
+import inspect
 import logging
 from collections.abc import Callable
 from typing import Any
@@ -24,7 +26,7 @@ from resilience.settings import get_settings
 from resilience.store import get_redis, load_script
 from resilience.submission import canonical_json
 
-__all__ = ["derived_key", "key_for", "submit_once", "claim", "owner", "release", "count", "counters"]
+__all__ = ["derived_key", "named_arguments", "key_for", "submit_once", "claim", "owner", "release", "count", "counters"]
 
 log = logging.getLogger(__name__)
 
@@ -63,12 +65,38 @@ def derived_key(task_name: str, args, kwargs) -> str:
     return f"{task_name}:{digest.hexdigest()[:32]}"
 
 
+def named_arguments(task, args, kwargs) -> tuple[list, dict]:
+    """The call's arguments by parameter name, defaults filled in, when the signature allows it.
+
+    So ``charge("o-1", 5)`` and ``charge(amount_cents=5, order_id="o-1")`` are
+    the same request. A function taking ``*args``, or a call that does not fit
+    its signature, keeps the arguments as given.
+    """
+    args, kwargs = list(args or ()), dict(kwargs or {})
+    try:
+        signature = inspect.signature(task.run)
+        bound = signature.bind(*args, **kwargs)
+    except (TypeError, ValueError):
+        return args, kwargs
+    named: dict = {}
+    bound.apply_defaults()
+    for name, value in bound.arguments.items():
+        kind = signature.parameters[name].kind
+        if kind is inspect.Parameter.VAR_POSITIONAL:
+            return args, kwargs
+        if kind is inspect.Parameter.VAR_KEYWORD:
+            named.update(value)
+        else:
+            named[name] = value
+    return [], named
+
+
 def key_for(task, args, kwargs, explicit: str | None) -> str | None:
     """The key of a submission: call (``idempotency_key``) > task (``idempotent=True``) > none."""
     if explicit is not None:
         return str(explicit)
     if getattr(task, "idempotent", False):
-        return derived_key(task.name, args, kwargs)
+        return derived_key(task.name, *named_arguments(task, args, kwargs))
     return None
 
 

@@ -74,10 +74,11 @@ def test_concurrent_duplicate_submissions_enqueue_one_job_that_runs_once(app, r,
 
 
 def test_a_duplicate_submission_returns_the_original_result(app, r, worker):
-    first = jobs.charge.apply_async(kwargs={"order_id": "o-1", "amount_cents": 500})
+    first = jobs.charge.apply_async(("o-1", 500))
     assert first.get(timeout=30) == {"order_id": "o-1", "charged": 500}
     again = jobs.charge.apply_async(kwargs={"amount_cents": 500, "order_id": "o-1"})
-    assert again.id == first.id, "keyword arguments in any order are the same arguments"
+    assert again.id == first.id, "positional or keyword, in any order: the same arguments"
+    assert jobs.charge.apply_async(("o-1",), {"amount_cents": 500}).id == first.id
     assert again.get(timeout=10) == {"order_id": "o-1", "charged": 500}
     assert runs(first.id) == 1
 
@@ -94,7 +95,7 @@ def test_different_arguments_give_a_new_job(app, r):
 def test_the_same_arguments_after_the_ttl_give_a_new_job(app, r):
     with configure(idempotency_ttl_sec=1):
         first = jobs.charge.apply_async(("o-ttl", 100))
-        key = keys().idempotency(idempotency.derived_key("tests.idem.charge", ("o-ttl", 100), {}))
+        key = keys().idempotency(idempotency.key_for(jobs.charge, ("o-ttl", 100), {}, None))
         assert r.get(key) == first.id
         assert 0 < r.ttl(key) <= 1
         wait_for(lambda: not r.exists(key), 10, message="the idempotency key to expire")
@@ -125,7 +126,7 @@ def test_a_failed_publish_releases_the_claim_and_raises(app, r):
     assert idempotency_keys(r) == [], "the claim was released"
     assert queued(app, r) == 0
     retried = jobs.charge.apply_async(("o-pub", 1))
-    assert r.get(keys().idempotency(idempotency.derived_key("tests.idem.charge", ("o-pub", 1), {}))) == retried.id
+    assert r.get(keys().idempotency(idempotency.key_for(jobs.charge, ("o-pub", 1), {}, None))) == retried.id
 
 
 def test_release_only_deletes_a_key_its_job_still_owns(r):
@@ -220,7 +221,7 @@ def dead_letters(r) -> list[dict]:
 def test_a_dead_lettered_job_releases_its_key(app, r, worker):
     first = jobs.fail.apply_async(("o-dead",))
     wait_for(lambda: [e for e in dead_letters(r) if e["job_id"] == first.id], 30, message="the dead letter")
-    key = idempotency.derived_key("tests.idem.fail", ("o-dead",), {})
+    key = idempotency.key_for(jobs.fail, ("o-dead",), {}, None)
     assert dead_letters(r)[0]["options"]["idempotency_key"] == key
     assert idempotency.owner(key) is None
     second = jobs.fail.apply_async(("o-dead",))
@@ -230,7 +231,7 @@ def test_a_dead_lettered_job_releases_its_key(app, r, worker):
 def test_release_key_on_dead_letter_false_keeps_the_key(app, r, worker):
     first = jobs.fail_keep_key.apply_async(("o-keep",))
     wait_for(lambda: [e for e in dead_letters(r) if e["job_id"] == first.id], 30, message="the dead letter")
-    key = idempotency.derived_key("tests.idem.fail_keep_key", ("o-keep",), {})
+    key = idempotency.key_for(jobs.fail_keep_key, ("o-keep",), {}, None)
     assert idempotency.owner(key) == first.id
     assert jobs.fail_keep_key.apply_async(("o-keep",)).id == first.id
 
@@ -238,7 +239,7 @@ def test_release_key_on_dead_letter_false_keeps_the_key(app, r, worker):
 def test_retries_keep_the_key(app, r, worker):
     first = jobs.flaky.apply_async(("o-retry",))
     assert first.get(timeout=30) == "ok"
-    key = idempotency.derived_key("tests.idem.flaky", ("o-retry",), {})
+    key = idempotency.key_for(jobs.flaky, ("o-retry",), {}, None)
     assert r.lrange(keys().custom(jobs.SEEN_KEYS), 0, -1) == [key, key]
     assert runs(first.id) == 2
     assert idempotency.owner(key) == first.id
