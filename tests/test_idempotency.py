@@ -202,6 +202,32 @@ def test_a_redelivery_while_the_first_run_goes_on_does_not_run_concurrently(app,
     assert int(r.get(keys().custom(jobs.MAX_RUNNING))) == 1
 
 
+@pytest.mark.slow
+def test_a_deferred_duplicate_runs_once_the_first_runs_worker_has_died(app, r, log_dir):
+    """The busy policy loses nothing: the deferred duplicate takes over from a dead worker."""
+    settings = dict(idempotency_busy_defer_sec=0.5, worker_heartbeat_interval_sec=0.5,
+                    worker_heartbeat_timeout_sec=3)
+    with configure(**settings):
+        doomed = SubprocessWorker(log_dir, name="doomed@test", include=["tests.idempotency_jobs"]).start()
+        try:
+            doomed.wait_ready()
+            first = jobs.gated.apply_async((60,))
+            wait_for(lambda: runs(first.id) == 1, 60, message="the first run to start on the doomed worker")
+            with SubprocessWorker(log_dir, name="survivor@test", include=["tests.idempotency_jobs"]) as survivor:
+                jobs.gated.plain_apply_async((60,), task_id=first.id)
+                wait_for(lambda: idempotency.counters()["deferred_busy"] >= 1, 60,
+                         message=lambda: f"the duplicate to be deferred:\n{survivor.log()[-2000:]}")
+                assert runs(first.id) == 1, "no second run while the first one's worker lives"
+                doomed.kill()
+                r.set(keys().custom(jobs.GATE), 1)
+                wait_for(lambda: runs(first.id) == 2, 60,
+                         message=lambda: f"the deferred duplicate to run after the death:\n{survivor.log()[-2000:]}")
+                assert first.get(timeout=60) == "opened"
+        finally:
+            doomed.stop()
+    assert runs(first.id) == 2
+
+
 def test_a_message_whose_key_another_job_owns_is_not_run(app, r, worker):
     first = jobs.echo.apply_async(("paid",), idempotency_key="order-7")
     assert first.get(timeout=30) == "paid"
