@@ -159,6 +159,15 @@ def test_an_oversized_payload_fails_in_the_caller(app, r):
     assert idempotency_keys(r) == []
 
 
+def test_send_task_with_an_unknown_name_fails_the_result_in_the_worker(app, r, worker):
+    """Documented behaviour: app.send_task bypasses the submit path; the worker discards the message
+    and records a failure the caller sees."""
+    result = app.send_task("tests.idem.no_such_task", args=(1,))
+    wait_for(lambda: result.state == "FAILURE", 30, message="the unknown task to fail")
+    assert "tests.idem.no_such_task" in repr(result.result)
+    wait_for(lambda: drained(app, r), 30, message="the worker to discard the message")
+
+
 # -- execution-time guard -------------------------------------------------------------------
 
 def test_the_same_message_published_twice_runs_once(app, r):
