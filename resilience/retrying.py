@@ -103,8 +103,11 @@ def skip(task, decision: executions.Decision):
     from resilience import idempotency
 
     if decision.action == executions.BUSY:
-        defer(task, get_settings().idempotency_busy_defer_sec)
-        idempotency.count("deferred_busy")
+        try:
+            defer(task, get_settings().idempotency_busy_defer_sec)
+            idempotency.count("deferred_busy")
+        except Exception:  # never fail the job id's result: the live run and the sweep still cover it
+            log.exception("could not defer the busy duplicate of job %s; acknowledging it", task.request.id)
     else:
         idempotency.count(f"skipped_{decision.action}")
     log.info("job %s not run: %s (%s)", task.request.id, decision.action, decision.detail)
