@@ -94,6 +94,11 @@ class Demo:
         done.add_column("runs", justify="right")
         for kind, count in sorted(runs.items()):
             done.add_row(kind, str(count))
+        from resilience import idempotency
+
+        for counter, count in idempotency.counters().items():  # duplicates absorbed by the guards
+            if count:
+                done.add_row(f"idempotency: {counter.replace('_', ' ')}", str(count))
         header = (f"celery-resilience demo  |  up {time.monotonic() - started:.0f}s  |  Redis {platform.redis_url}"
                   + (f"  |  Flower http://127.0.0.1:{platform.settings.flower_port} "
                      f"({platform.flower_credentials})" if platform.flower_credentials else "")

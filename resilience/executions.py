@@ -11,7 +11,8 @@ registry together.
 
 A record is keyed by job id: a redelivered message keeps its task id, so a
 redelivery after a lost ack, a visibility timeout or a worker crash finds the
-record of the first delivery.
+record of the first delivery. A message that carries an idempotency key owned
+by another job is a duplicate of that job and is not run either.
 """
 
 from __future__ import annotations
@@ -32,7 +33,7 @@ __all__ = ["Decision", "begin", "finish", "progress", "job_state", "active_jobs"
 
 log = logging.getLogger(__name__)
 
-RUN, DONE, DEAD, STALE, BUSY = "run", "done", "dead", "stale", "busy"
+RUN, DONE, DEAD, STALE, BUSY, DUPLICATE = "run", "done", "dead", "stale", "busy", "duplicate"
 
 
 @dataclass(frozen=True)
@@ -98,8 +99,11 @@ def begin(task, args, kwargs, *, now: float | None = None) -> Decision:
     request = task.request
     k = keys()
     entry = registry_entry(task, args, kwargs, now)
+    script_keys = [k.job_state(request.id), k.active, k.active_deadlines, k.worker_heartbeats]
+    if guard and entry["idempotency_key"]:
+        script_keys.append(k.idempotency(entry["idempotency_key"]))
     result = load_script("job_start")(
-        keys=[k.job_state(request.id), k.active, k.active_deadlines, k.worker_heartbeats],
+        keys=script_keys,
         args=[
             request.id, entry["worker"], repr(now), request.retries or 0,
             json.dumps(entry, default=str), repr(now + entry["timeout"]),
@@ -120,17 +124,28 @@ def finish(task, outcome: str, *, attempt: int | None = None, now: float | None 
     if not (settings.feature_idempotency or settings.feature_stuck_jobs):
         return
     request = task.request
+    release_key = None
+    if outcome == "dead" and getattr(task, "release_key_on_dead_letter", True):
+        release_key = getattr(request, "idempotency_key", None)
     finish_job(request.id, owner_of(task), outcome,
-               attempt=request.retries or 0 if attempt is None else attempt, now=now, pipe=pipe)
+               attempt=request.retries or 0 if attempt is None else attempt, now=now, pipe=pipe,
+               release_key=release_key)
 
 
 def finish_job(job_id: str, owner: str, outcome: str, *, attempt: int = 0,
-               now: float | None = None, pipe=None) -> None:
-    """:func:`finish` for a job known by id and worker id (used outside the run too)."""
+               now: float | None = None, pipe=None, release_key: str | None = None) -> None:
+    """:func:`finish` for a job known by id and worker id (used outside the run too).
+
+    With ``release_key`` and outcome "dead", the idempotency key is released in
+    the same step if this job still owns it, so the request can be submitted again.
+    """
     settings = get_settings()
     k = keys()
+    script_keys = [k.job_state(job_id), k.active, k.active_deadlines]
+    if release_key and settings.feature_idempotency:
+        script_keys.append(k.idempotency(release_key))
     load_script("job_finish")(
-        keys=[k.job_state(job_id), k.active, k.active_deadlines],
+        keys=script_keys,
         args=[job_id, owner, outcome, attempt, repr(_now() if now is None else now),
               settings.idempotency_ttl_sec, int(settings.feature_idempotency)],
         client=pipe,

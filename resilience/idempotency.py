@@ -1,52 +1,137 @@
 """Idempotency keys: a duplicate submission returns the original job.
 
-Claiming ``idempotency:<key>`` and recording the job id is one ``SET NX EX``;
-if the publish fails the claim is released so the caller can try again.
+A submission with a key (given as ``idempotency_key=...``, or derived for a
+task declared ``idempotent=True``) claims ``idempotency:<key>`` and learns the
+current owner in one atomic round trip (``lua/idempotency_claim.lua``). The
+owner's id comes back as an ``AsyncResult`` and nothing is enqueued. If the
+publish fails, the claim is released with compare-and-delete so the caller can
+try again, and the error propagates.
+
+Derived keys are ``<task name>:<sha256 of the canonical JSON>`` of
+``[task name, args, kwargs]`` with the arguments named by the task's signature
+(:func:`named_arguments`); see :func:`resilience.submission.canonical_json`
+for what counts as "the same arguments".
 """
 
 from __future__ import annotations
 
 import hashlib
+import inspect
+import logging
+from collections.abc import Callable
+from typing import Any
 
 from resilience.keys import keys
 from resilience.settings import get_settings
-from resilience.store import get_redis
+from resilience.store import get_redis, load_script
 from resilience.submission import canonical_json
+
+__all__ = ["derived_key", "named_arguments", "key_for", "submit_once", "claim", "owner", "release", "count", "counters"]
+
+log = logging.getLogger(__name__)
+
+#: Counters in ``stats:idempotency``: duplicate submissions absorbed, and
+#: deliveries the execution guard acknowledged without a run (by reason) or deferred.
+COUNTERS = ("absorbed_submissions", "skipped_done", "skipped_dead", "skipped_stale", "skipped_duplicate",
+            "deferred_busy")
+
+
+def count(counter: str) -> None:
+    """Add one to a counter; only duplicates pay for it, and it never breaks a submission or a job."""
+    try:
+        get_redis().hincrby(keys().stats("idempotency"), counter, 1)
+    except Exception:
+        log.warning("could not count %s", counter, exc_info=True)
+
+
+def counters() -> dict[str, int]:
+    """The ``stats:idempotency`` counters (zeros when Redis cannot say)."""
+    try:
+        raw = get_redis().hgetall(keys().stats("idempotency"))
+    except Exception:
+        log.warning("could not read the idempotency counters", exc_info=True)
+        raw = {}
+    return {name: int(raw.get(name) or 0) for name in COUNTERS}
 
 
 def derived_key(task_name: str, args, kwargs) -> str:
-    """A key from the task name and the canonical JSON of its arguments."""
-    digest = hashlib.sha256(canonical_json([task_name, list(args or ()), dict(kwargs or {})]).encode())
+    """A key from the task name and the canonical JSON of its arguments.
+
+    Stable across processes, hosts and Python versions: it hashes bytes of
+    canonical JSON, never ``hash()`` or ``repr()``.
+    """
+    payload = canonical_json([task_name, list(args or ()), dict(kwargs or {})])
+    digest = hashlib.sha256(payload.encode("ascii"))
     return f"{task_name}:{digest.hexdigest()[:32]}"
 
 
+def named_arguments(task, args, kwargs) -> tuple[list, dict]:
+    """The call's arguments by parameter name, defaults filled in, when the signature allows it.
+
+    So ``charge("o-1", 5)`` and ``charge(amount_cents=5, order_id="o-1")`` are
+    the same request. A function taking ``*args``, or a call that does not fit
+    its signature, keeps the arguments as given.
+    """
+    args, kwargs = list(args or ()), dict(kwargs or {})
+    try:
+        signature = inspect.signature(task.run)
+        bound = signature.bind(*args, **kwargs)
+    except (TypeError, ValueError):
+        return args, kwargs
+    named: dict = {}
+    bound.apply_defaults()
+    for name, value in bound.arguments.items():
+        kind = signature.parameters[name].kind
+        if kind is inspect.Parameter.VAR_POSITIONAL:
+            return args, kwargs
+        if kind is inspect.Parameter.VAR_KEYWORD:
+            named.update(value)
+        else:
+            named[name] = value
+    return [], named
+
+
 def key_for(task, args, kwargs, explicit: str | None) -> str | None:
+    """The key of a submission: call (``idempotency_key``) > task (``idempotent=True``) > none."""
     if explicit is not None:
         return str(explicit)
     if getattr(task, "idempotent", False):
-        return derived_key(task.name, args, kwargs)
+        return derived_key(task.name, *named_arguments(task, args, kwargs))
     return None
 
 
-def submit_once(task, key: str, job_id: str, send):
-    client = get_redis()
-    redis_key = keys().idempotency(key)
-    ttl = get_settings().idempotency_ttl_sec
-    if not client.set(redis_key, job_id, nx=True, ex=ttl):
-        existing = client.get(redis_key)
-        if existing:
-            return task.AsyncResult(existing)
+def claim(key: str, job_id: str, *, ttl: int | None = None) -> str | None:
+    """Claim ``key`` for ``job_id``; ``None`` if claimed, else the id of the job that owns it."""
+    ttl = get_settings().idempotency_ttl_sec if ttl is None else ttl
+    return load_script("idempotency_claim")(keys=[keys().idempotency(key)], args=[job_id, int(ttl)])
+
+
+def owner(key: str) -> str | None:
+    """The id of the job that owns ``key`` (None when it is free or expired)."""
+    return get_redis().get(keys().idempotency(key))
+
+
+def submit_once(task, key: str, job_id: str, send: Callable[[str, str], Any]):
+    """Publish with ``send(job_id, key)`` unless ``key`` is owned; then the owner's ``AsyncResult``."""
+    existing = claim(key, job_id)
+    if existing is not None:
+        log.debug("duplicate submission of %s absorbed by job %s (key %s)", task.name, existing, key)
+        count("absorbed_submissions")
+        return task.AsyncResult(existing)
     try:
         return send(job_id, key)
     except BaseException:
-        client.delete(redis_key)
+        try:
+            release(key, job_id)
+        except Exception:  # the publish error is the one the caller must see
+            log.exception("could not release idempotency key %s after a failed publish", key)
         raise
 
 
 def release(key: str, job_id: str, pipe=None) -> None:
     """Release ``key`` if ``job_id`` still owns it (so the request can be submitted again).
 
-    Placeholder (not yet compare-and-delete).
+    Compare-and-delete in Lua; with ``pipe`` it is queued on that pipeline
+    (so it commits with the caller's other changes).
     """
-    client = pipe if pipe is not None else get_redis()
-    client.delete(keys().idempotency(key))
+    load_script("idempotency_release")(keys=[keys().idempotency(key)], args=[job_id], client=pipe)

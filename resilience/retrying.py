@@ -115,9 +115,35 @@ def handle_failure(task, exc: BaseException, args, kwargs) -> None:
 
 
 def skip(task, decision: executions.Decision):
-    """A delivery the guard refused: acknowledge it without running the body."""
+    """A delivery the guard refused: acknowledge it without running the body.
+
+    A job already done, dead or superseded by a later attempt is simply
+    acknowledged (its stored result is left as it is). A "busy" delivery (the
+    job is running on a live worker) is first re-published under the same job
+    id, attempt and idempotency key ``IDEMPOTENCY_BUSY_DEFER_SEC`` later
+    (:func:`defer`): when it comes back the guard decides again, so the
+    duplicate is dropped once the first run is done, and runs if that run's
+    worker has died meanwhile. Nothing depends on the stuck-job sweep alone.
+    """
+    from resilience import idempotency
+
+    if decision.action == executions.BUSY:
+        try:
+            defer(task, get_settings().idempotency_busy_defer_sec)
+            idempotency.count("deferred_busy")
+        except Exception:  # never fail the job id's result: the live run and the sweep still cover it
+            log.exception("could not defer the busy duplicate of job %s; acknowledging it", task.request.id)
+    else:
+        idempotency.count(f"skipped_{decision.action}")
     log.info("job %s not run: %s (%s)", task.request.id, decision.action, decision.detail)
     raise Ignore()
+
+
+def defer(task, delay: float):
+    """Re-publish the delivery behind ``task.request`` ``delay`` seconds later, as it is."""
+    request = task.request
+    signature = task.signature_from_request(request, countdown=delay, retries=request.retries or 0)
+    return signature.apply_async()
 
 
 def bury_poison(task, args, kwargs, decision: executions.Decision):

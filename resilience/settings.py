@@ -213,6 +213,9 @@ class Settings:
     # -- Idempotency -----------------------------------------------------------
     idempotency_ttl_sec: int = _setting("IDEMPOTENCY_TTL_SEC", 86400, _positive_int,
         "How long an idempotency key and a job's execution record are kept")
+    idempotency_busy_defer_sec: float = _setting("IDEMPOTENCY_BUSY_DEFER_SEC", 30.0, _positive_float,
+        "A delivery of a job that is running on a live worker is re-published this many seconds later "
+        "(and then acknowledged, run, or deferred again) instead of being dropped")
 
     # -- Errors, breakers, alerts ------------------------------------------------
     error_retention_days: float = _setting("ERROR_RETENTION_DAYS", 7.0, _positive_float,

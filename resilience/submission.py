@@ -27,8 +27,24 @@ __all__ = ["submit", "validate_arguments", "canonical_json"]
 
 
 def canonical_json(value: Any) -> str:
-    """JSON that is the same for equal values: sorted keys, no spaces, ASCII."""
-    return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=True, allow_nan=False)
+    """JSON that is the same for the same arguments, in any process or Python version.
+
+    What counts as the same (it is what the worker will receive, since
+    messages are JSON): mapping keys are sorted, so kwarg order does not
+    matter, and non-string keys become strings as JSON makes them
+    (``{1: "a"}`` equals ``{"1": "a"}``); tuples and lists are the same;
+    numbers are JSON numbers, so ``1`` and ``1.0`` differ, and so do ``1``
+    and ``True``; floats are written with Python's shortest round-trip repr;
+    text is escaped to ASCII (``\\u00e9``), so the bytes do not depend on the
+    locale, but Unicode is not normalised (NFC and NFD spellings differ);
+    NaN and infinities are rejected.
+    """
+    try:
+        return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=True, allow_nan=False)
+    except TypeError:
+        # mixed key types (``{1: .., "a": ..}``) cannot be sorted: normalise them as JSON does first
+        plain = json.loads(json.dumps(value, allow_nan=False))
+        return json.dumps(plain, sort_keys=True, separators=(",", ":"), ensure_ascii=True, allow_nan=False)
 
 
 def _check(task_name: str, label: str, value: Any) -> None:

@@ -3,6 +3,8 @@
 KEYS[1]  jobs:state:<job id>
 KEYS[2]  jobs:active
 KEYS[3]  jobs:active:deadlines
+KEYS[4]  idempotency:<key> (optional): released if this job owns it and the
+         outcome is "dead" (the job's release_key_on_dead_letter option)
 ARGV[1]  job id
 ARGV[2]  worker id of this run
 ARGV[3]  outcome: "done" | "retrying" | "dead" | "released" | "crashed"
@@ -19,6 +21,10 @@ was declared dead and requeued cannot remove its successor's entry.
 so that a job that keeps killing its worker is caught as poison.
 ]]
 local job_id, owner, outcome = ARGV[1], ARGV[2], ARGV[3]
+
+if KEYS[4] and outcome == "dead" and redis.call("GET", KEYS[4]) == job_id then
+  redis.call("DEL", KEYS[4])
+end
 
 if ARGV[7] == "1" then
   if outcome == "released" then

@@ -8,6 +8,8 @@ KEYS[1]  jobs:state:<job id>     string, JSON {s, a, w, t, n}
 KEYS[2]  jobs:active             hash  job id -> JSON registry entry
 KEYS[3]  jobs:active:deadlines   zset  job id -> progress deadline (epoch s)
 KEYS[4]  workers:heartbeats      zset  worker id -> last heartbeat (epoch s)
+KEYS[5]  idempotency:<key>       (optional, when the message carries a key) the
+                                 job id that owns the key
 ARGV[1]  job id
 ARGV[2]  worker id of this run (hostname|boot)
 ARGV[3]  now (epoch seconds, float)
@@ -22,14 +24,22 @@ ARGV[11] "1" when heartbeats are recorded (else a run is live for ARGV[12] s)
 ARGV[12] fallback liveness window (seconds)
 A record left "running" by a dead worker, or marked "crashed" by the worker
 whose pool process died, lets the job run again and counts the delivery.
+A message whose idempotency key is owned by another job (published around
+the submit path, e.g. send_task with the header) is a duplicate of that job.
 Returns  {"run", deliveries} | {"done"} | {"dead"} | {"stale", attempt}
-         | {"busy", worker id}
+         | {"busy", worker id} | {"duplicate", owner job id}
 ]]
 local job_id, owner, now = ARGV[1], ARGV[2], tonumber(ARGV[3])
 local attempt = tonumber(ARGV[4])
 local deliveries = 1
 
 if ARGV[8] == "1" then
+  if KEYS[5] then
+    local key_owner = redis.call("GET", KEYS[5])
+    if key_owner and key_owner ~= job_id then
+      return {"duplicate", key_owner}
+    end
+  end
   local raw = redis.call("GET", KEYS[1])
   if raw then
     local ok, st = pcall(cjson.decode, raw)
