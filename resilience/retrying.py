@@ -142,8 +142,11 @@ def skip(task, decision: executions.Decision):
 def defer(task, delay: float):
     """Re-publish the delivery behind ``task.request`` ``delay`` seconds later, as it is."""
     request = task.request
+    from resilience import scheduler
+
     signature = task.signature_from_request(request, countdown=delay, retries=request.retries or 0)
-    return signature.apply_async()
+    with scheduler.detached():  # the running job's records belong to the first run
+        return signature.apply_async()
 
 
 def bury_poison(task, args, kwargs, decision: executions.Decision):

@@ -23,6 +23,8 @@ gives Celery's ETA messages back.
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import json
 import logging
 import os
@@ -128,6 +130,22 @@ def capture_message(app, send: Callable[[Any], Any]) -> tuple[str, str]:
     return captured[0]
 
 
+#: Set while a delivery re-publishes itself without ending the job's run (a
+#: duplicate deferred while the first run goes on): the run's record and
+#: registry entry belong to that other run and must not be touched.
+_detached: contextvars.ContextVar[bool] = contextvars.ContextVar("resilience_detached", default=False)
+
+
+@contextlib.contextmanager
+def detached():
+    """Re-publish the current delivery as a copy that leaves the running job's records alone."""
+    token = _detached.set(True)
+    try:
+        yield
+    finally:
+        _detached.reset(token)
+
+
 def schedule(task, args, kwargs, job_id: str, options: dict, fallback: Callable, *, now: float | None = None):
     """Keep a delayed run in Redis until due; returns the job's ``AsyncResult``.
 
@@ -138,7 +156,7 @@ def schedule(task, args, kwargs, job_id: str, options: dict, fallback: Callable,
     """
     settings = get_settings()
     request = task.request
-    retry = (not request.called_directly) and request.id == job_id
+    retry = (not request.called_directly) and request.id == job_id and not _detached.get()
     if not settings.feature_smart_retry or task.app.conf.task_always_eager:
         result = fallback()
         if retry:
