@@ -9,7 +9,10 @@ stderr. The last line is always ``resilience/bare end-to-end ratio: X.XX``.
 from __future__ import annotations
 
 import argparse
+import dataclasses
+import json
 import sys
+from pathlib import Path
 
 from benchmarks.report import final_line, render, summarise
 from benchmarks.suite import Plan, Results, configurations, run_suite
@@ -19,8 +22,9 @@ def plan_from(argv: list[str] | None) -> Plan:
     parser = argparse.ArgumentParser(prog="python -m benchmarks", description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="smoke run under a minute: bare and all, small sizes")
     parser.add_argument("--runs", type=int, help="interleaved runs per configuration (default 3; quick 2)")
-    parser.add_argument("--jobs", type=int, help="jobs per throughput run (default 1000; quick 200)")
+    parser.add_argument("--jobs", type=int, help="jobs per throughput run (default 600; quick 200)")
     parser.add_argument("--configs", help="comma-separated feature configurations to run besides bare and all")
+    parser.add_argument("--save", metavar="PATH", help="also write the raw results as JSON to PATH")
     parser.add_argument("--no-aof", dest="aof", action="store_false", help="run Redis without AOF persistence")
     args = parser.parse_args(argv)
     if args.runs is not None and args.runs < 1 or args.jobs is not None and args.jobs < 1:
@@ -36,6 +40,7 @@ def plan_from(argv: list[str] | None) -> Plan:
     if args.jobs is not None:
         plan.jobs = args.jobs
     plan.aof = args.aof
+    plan.save = args.save
     return plan
 
 
@@ -45,6 +50,8 @@ def main(argv: list[str] | None = None) -> int:
     status = 1
     try:
         results = run_suite(plan)
+        if plan.save:
+            Path(plan.save).write_text(json.dumps(dataclasses.asdict(results), indent=1))
         print(render(results, plan))
         status = 0
     finally:

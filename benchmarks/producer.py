@@ -105,8 +105,8 @@ def submit_phase(args) -> dict:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m benchmarks.producer")
     parser.add_argument("mode", choices=["run", "submit"])
-    parser.add_argument("--jobs", type=int, default=1000)
-    parser.add_argument("--latency-jobs", type=int, default=200)
+    parser.add_argument("--jobs", type=int, default=600)
+    parser.add_argument("--latency-jobs", type=int, default=100)
     parser.add_argument("--rate", type=float, default=100.0, help="latency phase: jobs per second")
     parser.add_argument("--warmup", type=int, default=20)
     parser.add_argument("--worker-pid", type=int, default=0)

@@ -64,8 +64,8 @@ class Plan:
     """What to run: sizes of every phase."""
 
     runs: int = 3
-    jobs: int = 1000
-    latency_jobs: int = 200
+    jobs: int = 600
+    latency_jobs: int = 100
     latency_rate: float = 100.0
     submit_jobs: int = 500
     sweep_entries: int = 10_000
@@ -73,6 +73,7 @@ class Plan:
     timeline_entries: int = 50_000
     configs: list[Config] = field(default_factory=configurations)
     aof: bool = True
+    save: str | None = None
 
 
 @dataclass
