@@ -12,6 +12,10 @@ import math
 import statistics
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from benchmarks.suite import Plan, Results
 
 __all__ = ["Summary", "summarise", "render", "final_line", "percentile", "table"]
 
@@ -170,7 +174,7 @@ def _timing(entry: dict) -> str:
     return f"{entry['median_ms']:.1f} ms ({entry['min_ms']:.1f}-{entry['max_ms']:.1f})"
 
 
-def _scale_rows(scale: dict, plan) -> list[list[str]]:
+def _scale_rows(scale: dict, plan: Plan) -> list[list[str]]:
     if "error" in scale:
         return [["scale figures", "error", scale["error"][:100]]]
     sweep = {"entries": plan.sweep_entries, **scale.get("sweep", {})}
@@ -204,7 +208,7 @@ def _verdict(extra_round_trips: float, target: float) -> str:
     return "met" if extra_round_trips <= target + ROUND_TRIP_RESOLUTION else "MISSED"
 
 
-def _targets(summaries: dict[str, Summary], submit: dict[str, dict], scale: dict, plan) -> list[list[str]]:
+def _targets(summaries: dict[str, Summary], submit: dict[str, dict], scale: dict, plan: Plan) -> list[list[str]]:
     bare, everything = summaries.get("bare"), summaries.get("all")
     rows = []
     ratio = e2e_ratio(summaries)
@@ -255,7 +259,7 @@ def _closing_note(ordered: list[Summary], bare: Summary, targets: list[list[str]
     return "\n".join(lines)
 
 
-def render(results, plan) -> str:
+def render(results: Results, plan: Plan) -> str:
     """Every table of a suite run, as text."""
     ordered = [summarise(c.name, results.runs.get(c.name, [])) for c in plan.configs]
     summaries = {s.name: s for s in ordered}
@@ -272,7 +276,8 @@ def render(results, plan) -> str:
             _command_table(ordered), ""]
     out += [f"Submit cost: delay() alone, no worker running ({plan.submit_jobs} calls)",
             _submit_table(results.submit), ""]
-    out += ["Scale figures (everything on)", table(["figure", "measured", "notes"], _scale_rows(results.scale, plan)), ""]
+    out += ["Scale figures (everything on)",
+            table(["figure", "measured", "notes"], _scale_rows(results.scale, plan)), ""]
     targets = _targets(summaries, results.submit, results.scale, plan)
     out += ["Targets", table(["target", "measured", "verdict"], targets), ""]
     out += [_closing_note(ordered, bare, targets), ""]

@@ -91,3 +91,32 @@ def test_quick_benchmark_prints_every_table_and_the_final_line(tmp_path):
         assert re.search(rf"^{config}\s+\d+", out, re.MULTILINE), f"no figures for {config}:\n{out}"
     assert "failed" not in out.split("Cost per job")[0]
     assert re.fullmatch(r"resilience/bare end-to-end ratio: \d+\.\d\d", out.strip().splitlines()[-1])
+
+
+def test_a_feature_not_built_yet_is_found_as_missing_not_as_an_error():
+    from benchmarks.scale import find
+
+    assert find("resilience.no_such_feature", ("sweep",)) is None
+    assert find("resilience.deadletter", ("no_such_function", "bury_entry"))[0] == "resilience.deadletter.bury_entry"
+
+
+def test_a_key_at_its_cap_is_bounded_only_if_the_writer_trims_it(r):
+    from benchmarks.scale import bounded
+
+    r.rpush("bench:capped", *range(100))
+
+    def trimming(n: int) -> str:
+        for i in range(n):
+            r.lpush("bench:capped", i)
+            r.ltrim("bench:capped", 0, 99)
+        return "trimming writer"
+
+    def growing(n: int) -> str:
+        r.lpush("bench:capped", *range(n))
+        return "growing writer"
+
+    trimmed = bounded("bench:capped", "bench:capped", 100, trimming, "llen")
+    grown = bounded("bench:capped", "bench:capped", 100, growing, "llen")
+
+    assert trimmed["bounded"] == "yes" and trimmed["memory_bytes"] > 0
+    assert grown["bounded"] == "no" and grown["length_after_overflow"] == 100 + 1000
