@@ -36,10 +36,10 @@ def _wait_done(client, phase: str, timeout: float) -> None:
 
 
 def run_phase(args) -> dict:
-    from benchmarks.jobs import latency_key, noop
-    from benchmarks.probes import delta, snapshot
     import redis
 
+    from benchmarks.jobs import latency_key, noop
+    from benchmarks.probes import delta, snapshot
     from resilience.store import get_redis, redis_url
 
     client = get_redis()
@@ -48,7 +48,7 @@ def run_phase(args) -> dict:
     waiter = redis.Redis.from_url(redis_url(), decode_responses=True)
     pids = {"worker": args.worker_pid, "redis": args.redis_pid}
 
-    for i in range(args.warmup):
+    for _ in range(args.warmup):
         noop.delay("warm", 0.0, args.warmup)
     _wait_done(waiter, "warm", WAIT_TIMEOUT_SEC)
 
@@ -89,7 +89,7 @@ def submit_phase(args) -> dict:
     from resilience.store import get_redis
 
     client = get_redis()
-    for i in range(args.warmup):  # connections made, scripts loaded
+    for _ in range(args.warmup):  # connections made, scripts loaded
         noop.apply_async(("warm", 0.0, 0), idempotency_key=f"warm-{uuid.uuid4().hex}"
                          if args.idempotency_key else None)
     before = snapshot(client, {})

@@ -181,6 +181,9 @@ def _scale_rows(scale: dict, plan: Plan) -> list[list[str]]:
     dlq = scale.get("dead_letter", {})
     rows = [[f"stuck-job sweep, {sweep.get('entries', '?')} active entries", _timing(sweep),
              sweep.get("function", "resilience.sweeper")],
+            [f"raw HGETALL jobs:active + decode, {sweep.get('entries', '?')} entries",
+             _timing({"status": "ok", **sweep["raw_scan"]}) if "raw_scan" in sweep else "n/a",
+             "floor of a sweep that reads every entry"],
             [f"dlq list, one page, {dlq.get('entries', '?')} entries", _timing(dlq.get("list", {})),
              dlq.get("list", {}).get("function", "resilience.deadletter")],
             [f"raw LRANGE page (50) + decode, {dlq.get('entries', '?')} entries",
