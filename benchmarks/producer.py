@@ -48,17 +48,18 @@ def run_phase(args) -> dict:
     waiter = redis.Redis.from_url(redis_url(), decode_responses=True)
     pids = {"worker": args.worker_pid, "redis": args.redis_pid}
 
+    warm, tput, lat = (f"{phase}-{args.run_id}" for phase in ("warm", "tput", "lat"))
     for _ in range(args.warmup):
-        noop.delay("warm", 0.0, args.warmup)
-    _wait_done(waiter, "warm", WAIT_TIMEOUT_SEC)
+        noop.delay(warm, 0.0, args.warmup)
+    _wait_done(waiter, warm, WAIT_TIMEOUT_SEC)
 
     jobs = args.jobs
     before = snapshot(client, pids)
     started = time.perf_counter()
     for _ in range(jobs):
-        noop.delay("tput", 0.0, jobs)
+        noop.delay(tput, 0.0, jobs)
     enqueued = time.perf_counter()
-    _wait_done(waiter, "tput", WAIT_TIMEOUT_SEC)
+    _wait_done(waiter, tput, WAIT_TIMEOUT_SEC)
     finished = time.perf_counter()
     window = delta(before, snapshot(client, pids), measuring_reads=1)
 
@@ -68,9 +69,9 @@ def run_phase(args) -> dict:
         pause = t0 + i * interval - time.perf_counter()
         if pause > 0:
             time.sleep(pause)  # pacing an open-loop load, not synchronising
-        noop.delay("lat", time.time(), args.latency_jobs)
-    _wait_done(waiter, "lat", WAIT_TIMEOUT_SEC)
-    latencies = sorted(float(v) for v in client.lrange(latency_key("lat"), 0, -1))
+        noop.delay(lat, time.time(), args.latency_jobs)
+    _wait_done(waiter, lat, WAIT_TIMEOUT_SEC)
+    latencies = sorted(float(v) for v in client.lrange(latency_key(lat), 0, -1))
 
     return {
         "jobs": jobs,
@@ -112,6 +113,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--worker-pid", type=int, default=0)
     parser.add_argument("--redis-pid", type=int, default=0)
     parser.add_argument("--idempotency-key", action="store_true")
+    parser.add_argument("--run-id", default="0", help="names this run's counters (the worker outlives runs)")
     args = parser.parse_args(argv)
 
     import benchmarks.jobs  # noqa: F401 - imports the app and registers the job
