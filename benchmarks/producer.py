@@ -23,6 +23,7 @@ import argparse
 import json
 import sys
 import time
+import traceback
 import uuid
 
 WAIT_TIMEOUT_SEC = 300
@@ -118,7 +119,12 @@ def main(argv: list[str] | None = None) -> int:
 
     import benchmarks.jobs  # noqa: F401 - imports the app and registers the job
 
-    result = run_phase(args) if args.mode == "run" else submit_phase(args)
+    try:
+        result = run_phase(args) if args.mode == "run" else submit_phase(args)
+    except Exception as err:  # reported in one line; the suite records the run as failed
+        sys.stdout.write(json.dumps({"error": f"{type(err).__name__}: {err}"}) + "\n")
+        traceback.print_exc()
+        return 1
     sys.stdout.write(json.dumps(result) + "\n")
     sys.stdout.flush()
     return 0

@@ -73,7 +73,7 @@ class Plan:
     dead_letters: int = 100_000
     timeline_entries: int = 50_000
     configs: list[Config] = field(default_factory=configurations)
-    aof: bool = True
+    aof: bool = False
     save: str | None = None
 
 
@@ -170,6 +170,9 @@ class Bench:
             "ALERT_WEBHOOK_URL": "",
             "SENTRY_DSN": "",
             "HEALTH_PORT": "0",
+            # a machine shared with other work can stall a process for seconds:
+            # a stall should show as a slow run, not end it with a socket timeout
+            "REDIS_SOCKET_TIMEOUT_SEC": "30",
             "PYTHONUNBUFFERED": "1",
             "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])),
         })
@@ -182,9 +185,10 @@ class Bench:
         done = subprocess.run([sys.executable, "-m", module, *args], env=env, cwd=ROOT, capture_output=True,
                               text=True, timeout=PRODUCER_TIMEOUT_SEC, stdin=subprocess.DEVNULL)
         lines = [line for line in done.stdout.splitlines() if line.startswith("{")]
-        if done.returncode != 0 or not lines:
-            raise RuntimeError(f"{module} exited {done.returncode}: {done.stderr[-1500:]}")
-        return json.loads(lines[-1])
+        reported = json.loads(lines[-1]) if lines else {}
+        if done.returncode != 0 or not lines or "error" in reported:
+            raise RuntimeError(f"{module} exited {done.returncode}: {reported.get('error') or done.stderr[-1500:]}")
+        return reported
 
     def measure(self, config: Config, index: int) -> dict:
         """One run of ``config``: a fresh producer against the configuration's worker."""
