@@ -2,7 +2,7 @@
 
 Options: ``--quick`` (a smoke run under a minute: bare and everything on,
 small sizes), ``--runs N``, ``--jobs N``, ``--configs a,b`` (bare and all
-are always included), ``--aof``, ``--save PATH``. The tables go to stdout,
+are always included), ``--no-aof``, ``--save PATH``. The tables go to stdout,
 progress to stderr. The last line is always
 ``resilience/bare end-to-end ratio: X.XX``.
 """
@@ -26,8 +26,8 @@ def plan_from(argv: list[str] | None) -> Plan:
     parser.add_argument("--jobs", type=int, help="jobs per throughput run (default 600; quick 200)")
     parser.add_argument("--configs", help="comma-separated feature configurations to run besides bare and all")
     parser.add_argument("--save", metavar="PATH", help="also write the raw results as JSON to PATH")
-    parser.add_argument("--aof", action="store_true",
-                        help="run Redis with AOF persistence (appendfsync everysec); default off")
+    parser.add_argument("--no-aof", dest="aof", action="store_false",
+                        help="run Redis without AOF persistence (default: on, appendfsync everysec)")
     args = parser.parse_args(argv)
     if args.runs is not None and args.runs < 1 or args.jobs is not None and args.jobs < 1:
         parser.error("--runs and --jobs must be at least 1")

@@ -1,11 +1,10 @@
 """Runs the benchmark: its own Redis, real workers, every configuration interleaved.
 
-Each configuration has its own redis-server and its own worker (``celery -A
-tasks worker -I benchmarks.jobs``, prefork pool of 2, the project's
-``celeryconfig``: late acks, prefetch 1) for the whole invocation, and each
-run a fresh producer process; worker and producer have the configuration's
-feature flags in their environment. Since every configuration has a Redis of
-its own, Redis's counters during a run belong to that configuration alone.
+Each run of a configuration gets a fresh worker (``celery -A tasks worker
+-I benchmarks.jobs``, prefork pool of 2, the project's ``celeryconfig``: late
+acks, prefetch 1) and a fresh producer process, both with the configuration's
+feature flags in their environment, against an emptied Redis. Only one
+configuration's processes exist at a time, so Redis's counters belong to it.
 Runs go round the configurations (A B C ... A B C ...), so that a machine
 getting busier or quieter affects every configuration alike.
 """
@@ -73,7 +72,7 @@ class Plan:
     dead_letters: int = 100_000
     timeline_entries: int = 50_000
     configs: list[Config] = field(default_factory=configurations)
-    aof: bool = False
+    aof: bool = True
     save: str | None = None
 
 
@@ -92,80 +91,34 @@ def _progress(text: str) -> None:
     print(text, file=sys.stderr, flush=True)
 
 
-@dataclass
-class Stand:
-    """One configuration's own redis-server and worker, kept for the whole invocation.
-
-    A Redis per configuration keeps its counters to that configuration alone
-    while the other configurations' workers idle; keeping the workers makes a
-    run cost seconds instead of a worker start and stop.
-    """
-
-    config: Config
-    server: RedisServerProcess
-    worker: SubprocessWorker | None = None
-    error: str | None = None
-
-
 class Bench:
-    """The benchmark's redis-servers, workers, data dir and process environment."""
+    """The benchmark's redis-server, data dir and process environment."""
 
     def __init__(self, plan: Plan) -> None:
         self.plan = plan
         self.tmp = Path(tempfile.mkdtemp(prefix="resilience-bench-"))
         self.log_dir = self.tmp / "logs"
-        binary = find_redis_binary(load_settings())
-
-        def server(name: str) -> RedisServerProcess:
-            return RedisServerProcess(binary=binary, directory=self.tmp / f"redis-{name}", appendonly=plan.aof)
-
-        #: Redis for the windows without a worker (submit cost, scale figures).
-        self.scratch = server("scratch")
-        self.stands = {c.name: Stand(c, server(c.name)) for c in plan.configs}
+        self.server = RedisServerProcess(binary=find_redis_binary(load_settings()), directory=self.tmp / "redis",
+                                         appendonly=plan.aof)
         self.client: redis.Redis | None = None
 
     def __enter__(self) -> Bench:
-        try:
-            self._start()
-        except BaseException:
-            self.__exit__()
-            raise
+        self.server.start()
+        self.client = redis.Redis(port=self.server.port, decode_responses=True)
         return self
 
-    def _start(self) -> None:
-        self.scratch.start()
-        self.client = redis.Redis(port=self.scratch.port, decode_responses=True)
-        for stand in self.stands.values():
-            stand.server.start()
-            stand.worker = SubprocessWorker(
-                self.log_dir, name=f"bench-{stand.config.name}@bench", concurrency=2, pool="prefork",
-                include=["benchmarks.jobs"], env=self.env(stand.config, stand.server), cwd=str(ROOT)).start()
-        _progress(f"starting {len(self.stands)} workers")
-        for stand in self.stands.values():
-            try:
-                stand.worker.wait_ready(timeout=240)
-            except AssertionError as err:
-                stand.error = f"worker did not start: {err}"[:2000]
-
     def __exit__(self, *exc: object) -> None:
-        workers = [s.worker for s in self.stands.values() if s.worker is not None]
-        for worker in workers:  # warm shutdown of all at once, then wait for each
-            if worker.alive():
-                worker.process.terminate()
-        for worker in workers:
-            worker.stop()
         if self.client is not None:
             self.client.close()
-        for server in [self.scratch, *(s.server for s in self.stands.values())]:
-            server.stop()
+        self.server.stop()
         shutil.rmtree(self.tmp, ignore_errors=True)
 
-    def env(self, config: Config, server: RedisServerProcess, **extra: str) -> dict[str, str]:
-        """The environment of a worker or producer running ``config`` against ``server``."""
+    def env(self, config: Config, **extra: str) -> dict[str, str]:
+        """The environment of a worker or producer running ``config``."""
         env = {k: v for k, v in os.environ.items() if not k.startswith("FEATURE_")}
         env.update({
-            "REDIS_URL": server.url,
-            "RESILIENCE_DATA_DIR": str(self.tmp / f"data-{config.name}"),
+            "REDIS_URL": self.server.url,
+            "RESILIENCE_DATA_DIR": str(self.tmp / "data"),
             "RESILIENCE_KEY_PREFIX": "",
             "ALERT_WEBHOOK_URL": "",
             "SENTRY_DSN": "",
@@ -187,32 +140,34 @@ class Bench:
         lines = [line for line in done.stdout.splitlines() if line.startswith("{")]
         reported = json.loads(lines[-1]) if lines else {}
         if done.returncode != 0 or not lines or "error" in reported:
-            raise RuntimeError(f"{module} exited {done.returncode}: {reported.get('error') or done.stderr[-1500:]}")
+            raise RuntimeError(f"{module} exited {done.returncode}: {reported.get('error', '')}\n{done.stderr[-3000:]}")
         return reported
 
     def measure(self, config: Config, index: int) -> dict:
-        """One run of ``config``: a fresh producer against the configuration's worker."""
+        """One run of ``config``: fresh Redis contents, worker and producer."""
         plan = self.plan
-        stand = self.stands[config.name]
-        if stand.error:
-            return {"error": stand.error}
-        worker = stand.worker
-        if not worker.alive():
-            return {"error": f"worker exited:\n{worker.log()[-1500:]}"}
+        self.client.flushall()
+        env = self.env(config)
+        worker = SubprocessWorker(self.log_dir, name=f"bench{index}-{config.name}@bench", concurrency=2,
+                                  pool="prefork", include=["benchmarks.jobs"], env=env, cwd=str(ROOT))
+        worker.start()
         try:
+            worker.wait_ready(timeout=120)
             return self.python("benchmarks.producer", [
                 "run", "--run-id", str(index), "--jobs", str(plan.jobs), "--latency-jobs", str(plan.latency_jobs),
                 "--rate", str(plan.latency_rate), "--worker-pid", str(worker.pid),
-                "--redis-pid", str(stand.server.pid),
-            ], self.env(config, stand.server))
+                "--redis-pid", str(self.server.pid),
+            ], env)
         except Exception as err:  # one failed run is reported, the suite goes on
             return {"error": f"{err}\nworker log tail:\n{worker.log()[-1500:]}"}
+        finally:
+            worker.stop()
 
     def submit_cost(self, config: Config, idempotency_key: bool) -> dict:
         self.client.flushall()
         args = ["submit", "--jobs", str(self.plan.submit_jobs)] + (["--idempotency-key"] if idempotency_key else [])
         try:
-            return self.python("benchmarks.producer", args, self.env(config, self.scratch))
+            return self.python("benchmarks.producer", args, self.env(config))
         except Exception as err:
             return {"error": str(err)}
 
@@ -220,7 +175,7 @@ class Bench:
         self.client.flushall()
         plan = self.plan
         everything = configurations()[-1]
-        env = self.env(everything, self.scratch, DEAD_LETTER_MAX_ENTRIES=str(plan.dead_letters),
+        env = self.env(everything, DEAD_LETTER_MAX_ENTRIES=str(plan.dead_letters),
                        ERROR_TIMELINE_MAX_ENTRIES=str(plan.timeline_entries))
         try:
             return self.python("benchmarks.scale", ["--sweep-entries", str(plan.sweep_entries),
@@ -236,7 +191,6 @@ def run_suite(plan: Plan) -> Results:
     started = time.monotonic()
     with Bench(plan) as bench:
         results.redis_version = bench.client.info("server").get("redis_version", "")
-        _progress("workers ready")
         for run in range(plan.runs):
             for config in plan.configs:
                 outcome = bench.measure(config, run)
