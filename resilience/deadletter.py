@@ -118,7 +118,7 @@ def _bury_script(entry_json: str, *, job_id: str, owner: str, attempt: int, idem
               k.kombu_unacked(transport), k.kombu_unacked_index(transport)],
         args=[entry_json, job_id, owner, attempt, repr(time.time()), settings.idempotency_ttl_sec,
               int(settings.feature_idempotency), int(bool(release_key and idempotency_key)),
-              delivery_tag or ""],
+              delivery_tag or "", settings.dead_letter_max_entries],
         client=pipe,
     )
 

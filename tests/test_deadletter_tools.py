@@ -12,7 +12,7 @@ from click.testing import CliRunner
 from resilience import deadletter, executions
 from resilience.cli import main
 from resilience.keys import keys
-from resilience.testing import wait_for
+from resilience.testing import configure, wait_for
 from tests.jobs import fail_permanent, fail_transient, runs
 
 WAIT = 30
@@ -193,3 +193,16 @@ def test_an_unknown_job_id_is_an_error_not_a_crash(r):
     assert result.exit_code == 1 and "no dead-letter entry" in result.output
     result = CliRunner().invoke(main, ["dlq", "replay"])
     assert result.exit_code == 2
+
+
+def test_the_dead_letter_list_is_capped_on_every_write(r):
+    """Memory stays bounded between beat trims: a write beyond the cap drops the oldest entry."""
+    from resilience.keys import keys
+
+    with configure(dead_letter_max_entries=3):
+        for n in range(5):
+            deadletter.bury_entry({"job_id": f"job-{n}", "task": "t", "args": [], "kwargs": {}, "options": {},
+                                   "failure_reason": "x", "error_type": "E", "traceback": "",
+                                   "retry_count": 0, "worker": "w"})
+    ids = [json.loads(raw)["job_id"] for raw in r.lrange(keys().dead_letter, 0, -1)]
+    assert ids == ["job-4", "job-3", "job-2"]

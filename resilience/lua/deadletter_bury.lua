@@ -16,6 +16,9 @@ ARGV[6]  state TTL (seconds)
 ARGV[7]  "1" when the execution guard is on
 ARGV[8]  "1" to release the idempotency key if the job still owns it
 ARGV[9]  delivery tag of the message ("" when unknown)
+ARGV[10] DEAD_LETTER_MAX_ENTRIES: the list is capped on every write (oldest
+         entries beyond it are dropped), so its memory never grows with traffic;
+         the beat task trims by age
 Returns  1 if an entry was written, else 0
 
 Removing the message from kombu's unacked hash here means a crash between
@@ -48,7 +51,11 @@ if ARGV[9] ~= "" then
 end
 
 if ARGV[1] ~= "" then
-  redis.call("LPUSH", KEYS[1], ARGV[1])
+  local length = redis.call("LPUSH", KEYS[1], ARGV[1])
+  local cap = tonumber(ARGV[10])
+  if cap and length > cap then
+    redis.call("LTRIM", KEYS[1], 0, cap - 1)
+  end
   return 1
 end
 return 0
