@@ -115,6 +115,10 @@ class Demo:
 
         self.alert_receiver = start_demo_receiver()  # alerts shown live when no webhook is configured
         platform = Platform(flower=self.flower, log_to_files=True).start()
+        # Import the app before the workload thread does: two threads importing
+        # it at once deadlock on the module lock.
+        import tasks.demo  # noqa: F401
+
         console = Console()
         started = time.monotonic()
         feeder = threading.Thread(target=self.workload, name="demo-workload", daemon=True)
