@@ -21,6 +21,7 @@ log = logging.getLogger(__name__)
 #: ``module:function`` of each feature's installer, called with the app.
 FEATURE_INSTALLERS: list[str] = [
     "resilience.heartbeat:install",
+    "resilience.outage:install",
 ]
 
 _installed: set[int] = set()
