@@ -38,7 +38,9 @@ def marks_path(tmp_path) -> str:
 
 
 def test_jobs_submitted_while_redis_is_down_are_spooled_and_run_once_when_it_returns(app, redis_server, marks_path):
-    with in_process_worker(app):
+    # A publish timeout longer than a refused publish takes, so no publish is left
+    # running in the background (that path is the frozen-Redis test's).
+    with configure(publish_timeout_sec=5.0), in_process_worker(app):
         redis_server.stop()
         results = [mark.delay(marks_path, i) for i in range(20)]
         assert spool.count() == 20
