@@ -77,7 +77,32 @@ class ResilientConsumer(Consumer):
 
     def on_connection_error_after_connected(self, exc):
         connection.mark_down("broker", exc)
-        return super().on_connection_error_after_connected(exc)
+        try:
+            return super().on_connection_error_after_connected(exc)
+        except AttributeError as err:
+            if not _is_restore_unacked_defect(err):
+                raise
+            # kombu defect (kombu 5.x Redis transport): closing the broken connection
+            # closes its channel, whose QoS.restore_unacked() asks for a new Redis
+            # client, and Channel._connparams() reads ``self.connection.client``, which
+            # the closing Connection has already set to None. The AttributeError is not
+            # a connection error, so Celery's ignore_errors() lets it through and the
+            # worker exits ("Unrecoverable error"). The messages it could not restore
+            # stay in kombu's ``unacked`` hash, where the stuck-job sweep (or the
+            # visibility timeout) redelivers them and the execution guard runs each once.
+            log.warning("kombu could not restore unacked messages on connection loss (%s); "
+                        "they stay in 'unacked' for redelivery", err)
+            return None
+
+
+def _is_restore_unacked_defect(err: AttributeError) -> bool:
+    """Whether ``err`` is the kombu defect above: raised inside ``restore_unacked``."""
+    tb = err.__traceback__
+    while tb is not None:
+        if tb.tb_frame.f_code.co_name in {"restore_unacked", "restore_unacked_once"}:
+            return True
+        tb = tb.tb_next
+    return False
 
 
 def install(app, settings: Settings) -> None:
