@@ -75,6 +75,21 @@ class ResilientConsumer(Consumer):
         connection.mark_up("broker")
         return conn
 
+    def start(self):
+        # The same kombu defect (below) also hits a late ack that reaches the closed
+        # channel from the event loop; treat it as the connection loss it is.
+        while True:
+            try:
+                return super().start()
+            except AttributeError as err:
+                if not _is_restore_unacked_defect(err):
+                    raise
+                log.warning("kombu used a closed broker connection (%s); reconnecting", err)
+                if self.connection:
+                    self.on_connection_error_after_connected(err)
+                self.on_close()
+                self.blueprint.restart(self)
+
     def on_connection_error_after_connected(self, exc):
         connection.mark_down("broker", exc)
         try:
@@ -99,7 +114,7 @@ def _is_restore_unacked_defect(err: AttributeError) -> bool:
     """Whether ``err`` is the kombu defect above: raised inside ``restore_unacked``."""
     tb = err.__traceback__
     while tb is not None:
-        if tb.tb_frame.f_code.co_name in {"restore_unacked", "restore_unacked_once"}:
+        if tb.tb_frame.f_code.co_name in {"restore_unacked", "restore_unacked_once", "_connparams"}:
             return True
         tb = tb.tb_next
     return False
