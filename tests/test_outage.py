@@ -55,7 +55,8 @@ def test_jobs_submitted_while_redis_is_down_are_spooled_and_run_once_when_it_ret
 
 def test_spooled_jobs_are_published_in_submission_order(redis_server, r, marks_path):
     redis_server.stop()
-    ids = [mark.delay(marks_path, i).id for i in range(10)]
+    with configure(publish_timeout_sec=5.0):  # no publish left running in the background
+        ids = [mark.delay(marks_path, i).id for i in range(10)]
     redis_server.restart()
     wait_for(lambda: spool.count() == 0, timeout=30, message="the spool to be flushed")
     # kombu LPUSHes and consumers pop from the right: oldest at the right end.
