@@ -25,6 +25,7 @@ FEATURE_INSTALLERS: list[str] = [
     "resilience.tracking:install",
     "resilience.retrying:install",
     "resilience.sweeper:install",
+    "resilience.outage:install",
 ]
 
 _installed: set[int] = set()

@@ -1,7 +1,226 @@
-"""Publishing while Redis is unreachable. Placeholder: Celery's publish."""
+"""Publishing while Redis is unreachable: bounded, then spooled (or a clear error).
+
+:func:`publish_guarded` wraps every non-delayed publish of
+:mod:`resilience.submission`:
+
+* it never holds the caller longer than ``PUBLISH_TIMEOUT_SEC``: the publish
+  runs on a helper thread and the caller waits at most that long, so even a
+  frozen Redis (SIGSTOP, no socket error ever) cannot hang ``.delay()``;
+* when the publish fails or times out, ``PUBLISH_OUTAGE_MODE=spool`` (default)
+  writes the job to the local spool (:mod:`resilience.spool`) and returns its
+  ``AsyncResult`` at once; ``raise`` raises
+  :class:`~resilience.errors.BrokerUnavailable`;
+* while jobs wait in this process's spool, or the broker is known to be down,
+  new jobs are spooled directly, behind them, so they are published in
+  submission order and callers are not held once per job;
+* a background :class:`Flusher` thread (started lazily, and at start-up when a
+  previous run left spooled jobs) publishes the spool oldest first as soon as
+  Redis answers, reconnecting with capped exponential backoff and jitter.
+
+A publish that timed out may still complete later on its helper thread; the
+job is then published twice under one job id and the execution guard runs its
+body once. With ``FEATURE_ENHANCED_REDIS=false`` this module is a pass-through.
+"""
 
 from __future__ import annotations
 
+import concurrent.futures
+import logging
+import threading
+from collections.abc import Callable
+from typing import Any
 
-def publish_guarded(task, args, kwargs, job_id, options, publish):
-    return publish()
+from resilience import connection, spool
+from resilience.backoff import ExponentialBackoff
+from resilience.errors import BrokerUnavailable
+from resilience.settings import Settings, get_settings
+
+log = logging.getLogger(__name__)
+
+__all__ = ["publish_guarded", "Flusher", "flusher", "install"]
+
+_executor_lock = threading.Lock()
+_executor: concurrent.futures.ThreadPoolExecutor | None = None
+
+
+def _publisher() -> concurrent.futures.ThreadPoolExecutor:
+    global _executor
+    with _executor_lock:
+        if _executor is None:
+            _executor = concurrent.futures.ThreadPoolExecutor(max_workers=8, thread_name_prefix="resilience-publish")
+        return _executor
+
+
+def _is_outage(err: BaseException) -> bool:
+    """Connection-level failures (kombu, redis-py, socket), not a caller's mistake."""
+    from kombu.exceptions import OperationalError
+    from redis.exceptions import ConnectionError as RedisConnectionError
+    from redis.exceptions import TimeoutError as RedisTimeoutError
+
+    outage_types = (OperationalError, RedisConnectionError, RedisTimeoutError, ConnectionError, TimeoutError, OSError)
+    # Celery's Redis result backend subscribes to each job's result before the
+    # publish and turns a lost connection into a bare RuntimeError ("Retry limit
+    # exceeded while trying to reconnect to the Celery result store"): look at the cause.
+    seen = 0
+    while err is not None and seen < 10:
+        if isinstance(err, outage_types):
+            return True
+        err = err.__cause__ or err.__context__
+        seen += 1
+    return False
+
+
+def publish_bounded(publish: Callable[[], Any], timeout: float) -> Any:
+    """Run ``publish`` and wait at most ``timeout`` seconds; raise TimeoutError beyond."""
+    future = _publisher().submit(publish)
+    try:
+        return future.result(timeout=timeout)
+    except concurrent.futures.TimeoutError:
+        raise TimeoutError(f"publish did not complete within {timeout}s") from None
+
+
+def publish_guarded(task, args, kwargs, job_id: str, options: dict[str, Any], publish: Callable[[], Any]):
+    """Publish within ``PUBLISH_TIMEOUT_SEC``; spool or raise when Redis is unreachable."""
+    settings = get_settings()
+    if not settings.feature_enhanced_redis:
+        return publish()
+    spooling = settings.publish_outage_mode == "spool"
+    if spooling and (flusher().busy() or connection.is_down("broker")):
+        return _spool(task, args, kwargs, job_id, options, reason="jobs already wait in the spool")
+    try:
+        result = publish_bounded(publish, settings.publish_timeout_sec)
+    except Exception as err:
+        if not _is_outage(err):
+            raise
+        connection.mark_down("broker", err)
+        if not spooling:
+            flusher().watch()
+            raise BrokerUnavailable(f"Redis did not accept job {job_id} of {task.name!r} within "
+                                    f"{settings.publish_timeout_sec}s ({err}); PUBLISH_OUTAGE_MODE=raise") from err
+        return _spool(task, args, kwargs, job_id, options, reason=str(err))
+    connection.mark_up("broker")
+    return result
+
+
+def _spool(task, args, kwargs, job_id: str, options: dict[str, Any], *, reason: str):
+    options = {k: v for k, v in options.items() if k not in {"producer", "connection"}}
+    n = spool.append(task.name, args, kwargs, job_id, options)
+    log.info("spooled job %s of %s (%d waiting): %s", job_id, task.name, n, reason)
+    flusher().wake()
+    return task.AsyncResult(job_id)
+
+
+def _publish_spooled(app, job: spool.SpooledJob, timeout: float) -> None:
+    # By name, with Celery's own publish: the flushing process need not import the
+    # job's module, and the job was deduplicated when it was submitted.
+    publish_bounded(lambda: app.send_task(job.task, job.args, job.kwargs, task_id=job.job_id, **job.options),
+                    timeout)
+
+
+class Flusher:
+    """This process's background thread that publishes the spool when Redis is back.
+
+    It runs while jobs wait (``busy()``), retrying with capped exponential
+    backoff and jitter (``REDIS_RECONNECT_BASE_SEC`` .. ``REDIS_RECONNECT_MAX_SEC``),
+    and stops when the spool is empty. ``watch()`` runs it without jobs, only
+    to notice the broker coming back (``PUBLISH_OUTAGE_MODE=raise``).
+    """
+
+    def __init__(self, app=None) -> None:
+        self._app = app
+        self._lock = threading.Lock()
+        self._thread: threading.Thread | None = None
+        self._wake = threading.Event()
+        self._busy = False
+        self.published = 0
+
+    def busy(self) -> bool:
+        """Whether this process has jobs in the spool that are not yet published."""
+        return self._busy
+
+    def wake(self) -> None:
+        self._busy = True
+        self._start()
+        self._wake.set()
+
+    def watch(self) -> None:
+        self._start()
+
+    def _start(self) -> None:
+        with self._lock:
+            if self._thread is None or not self._thread.is_alive():
+                self._thread = threading.Thread(target=self._run, name="resilience-spool-flusher", daemon=True)
+                self._thread.start()
+
+    def _app_or_default(self):
+        if self._app is None:
+            from celery import current_app
+
+            return current_app._get_current_object()
+        return self._app
+
+    def _run(self) -> None:
+        settings = get_settings()
+        backoff = ExponentialBackoff(base=settings.redis_reconnect_base_sec, cap=settings.redis_reconnect_max_sec)
+        attempt = 0
+        while True:
+            try:
+                sent = spool.drain(lambda job: _publish_spooled(self._app_or_default(), job,
+                                                                settings.publish_timeout_sec))
+            except Exception as err:  # Redis still away: wait and try again
+                if _is_outage(err):
+                    connection.mark_down("broker", err)
+                    connection.check_alerts()
+                else:
+                    log.exception("spooled job could not be published; it stays spooled")
+                delay = backoff.compute(attempt)
+                attempt += 1
+                log.debug("spool flush failed (%s); retrying in %.2fs", err, delay)
+                self._wake.wait(delay)
+                self._wake.clear()
+                continue
+            if sent == -1:  # another process flushes this spool; look again shortly
+                self._wake.wait(settings.redis_reconnect_max_sec)
+                self._wake.clear()
+                continue
+            if sent:
+                self.published += sent
+                log.warning("published %d spooled job(s)", sent)
+            connection.mark_up("broker")
+            with self._lock:
+                if spool.count() == 0:
+                    self._busy = False
+                    self._thread = None
+                    return
+
+
+_flusher: Flusher | None = None
+_flusher_lock = threading.Lock()
+
+
+def flusher() -> Flusher:
+    """This process's spool flusher (one per process)."""
+    global _flusher
+    with _flusher_lock:
+        if _flusher is None:
+            _flusher = Flusher()
+        return _flusher
+
+
+def install(app, settings: Settings) -> None:
+    """Fast consumer reconnects, and publish what an earlier run left in the spool."""
+    global _flusher
+    if not settings.feature_enhanced_redis:
+        return
+    from resilience import reconnect
+
+    reconnect.install(app, settings)
+    with _flusher_lock:
+        if _flusher is None:
+            _flusher = Flusher(app)
+    try:
+        if spool.pending():
+            log.warning("found %d spooled job(s) from an earlier run; publishing them", spool.count())
+            _flusher.wake()
+    except Exception:  # a broken spool file must not stop the app from loading
+        log.exception("could not read the publish spool")

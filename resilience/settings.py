@@ -172,6 +172,12 @@ class Settings:
     spool_max_jobs: int = _setting("SPOOL_MAX_JOBS", 100000, _positive_int,
         "Most jobs the local publish spool holds; beyond it submission raises SpoolFull")
 
+    # -- Redis outages (reconnects) ----------------------------------------------
+    redis_reconnect_base_sec: float = _setting("REDIS_RECONNECT_BASE_SEC", 0.1, _positive_float,
+        "First delay before reconnecting to Redis; doubles per attempt (equal jitter)")
+    redis_reconnect_max_sec: float = _setting("REDIS_RECONNECT_MAX_SEC", 1.0, _positive_float,
+        "Cap on the delay between reconnect attempts, so work resumes within seconds of Redis returning")
+
     # -- Stuck jobs ----------------------------------------------------------
     worker_heartbeat_timeout_sec: int = _setting("WORKER_HEARTBEAT_TIMEOUT_SEC", 120, _positive_int,
         "A worker whose heartbeat is older than this is dead and its jobs are requeued")
@@ -332,6 +338,9 @@ class Settings:
         if self.worker_heartbeat_interval_sec >= self.worker_heartbeat_timeout_sec:
             raise SettingsError("WORKER_HEARTBEAT_INTERVAL_SEC", str(self.worker_heartbeat_interval_sec),
                                 "must be below WORKER_HEARTBEAT_TIMEOUT_SEC")
+        if self.redis_reconnect_max_sec < self.redis_reconnect_base_sec:
+            raise SettingsError("REDIS_RECONNECT_MAX_SEC", str(self.redis_reconnect_max_sec),
+                                "must not be below REDIS_RECONNECT_BASE_SEC")
 
 
 def env_fields() -> list[dataclasses.Field]:
