@@ -106,6 +106,7 @@ def check_alerts(*, now: float | None = None) -> list[str]:
                 link.alerted = True
                 due.append((name, now - link.since, link.last_error))
     for name, down_for, error in due:
+        log.error("redis %s connection unreachable for %.0fs (last error: %s); alerting", name, down_for, error)
         try:
             from resilience.alerts import alert
 
