@@ -20,11 +20,12 @@ demo: $(STAMP)
 up: $(STAMP)
 	$(BIN)/resilience up
 
+# Two test processes, each with its own private redis-server (tests/conftest.py).
 test: $(STAMP)
-	$(BIN)/python -m pytest
+	$(BIN)/python -m pytest -n 2
 
 test-fast: $(STAMP)
-	$(BIN)/python -m pytest -m "not slow"
+	$(BIN)/python -m pytest -n 2 -m "not slow"
 
 bench: $(STAMP)
 	$(BIN)/python -m benchmarks
