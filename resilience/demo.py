@@ -30,6 +30,8 @@ class Demo:
     flower: bool = True
     submitted: Counter = field(default_factory=Counter)
     errors: Counter = field(default_factory=Counter)
+    outage_after: float | None = None
+    outage_note: str = ""
     _stop: threading.Event = field(default_factory=threading.Event)
     alert_receiver: object | None = None
 
@@ -79,6 +81,25 @@ class Demo:
 
         return {k: int(v) for k, v in get_redis().hgetall(keys().custom(DEMO_COUNTS)).items()}
 
+    def producer_line(self) -> str:
+        """This process's side of a Redis outage: broker connection and the publish spool."""
+        from resilience import connection, spool
+
+        broker = connection.state().get("broker", {})
+        state = "up" if broker.get("up", True) else "DOWN"
+        lost = sum(self.errors.values())
+        return (f"producer: broker {state} (reconnects {broker.get('reconnects', 0)})  |  "
+                f"spooled jobs waiting for Redis: {spool.count()}  |  submit errors: {lost}"
+                + (f"  |  {self.outage_note}" if self.outage_note else ""))
+
+    def outage(self, platform: Platform, after: float, down_for: float = 5.0) -> None:
+        """Stop the embedded Redis for ``down_for`` seconds: jobs spool, workers reconnect."""
+        if self._stop.wait(after) or platform.settings.redis_url:
+            return
+        self.outage_note = f"Redis stopped for {down_for:.0f}s (--outage-after)"
+        platform.bounce_embedded_redis(down_for, wait=self._stop.wait)
+        self.outage_note = "Redis back: spool flushing, workers reconnecting"
+
     def view(self, platform: Platform, started: float):
         from resilience.status import collect, render
         from tasks.app import app
@@ -103,7 +124,7 @@ class Demo:
                   + (f"  |  Flower http://127.0.0.1:{platform.settings.flower_port} "
                      f"({platform.flower_credentials})" if platform.flower_credentials else "")
                   + "  |  Ctrl-C stops")
-        parts = [Panel(header), table, done, render(collect(app))]
+        parts = [Panel(header), Panel(self.producer_line()), table, done, render(collect(app))]
         if self.alert_receiver is not None:
             from resilience.webhook_receiver import render_alerts
 
@@ -125,6 +146,9 @@ class Demo:
         previous = {sig: signal.signal(sig, lambda *_: self._stop.set()) for sig in (signal.SIGINT, signal.SIGTERM)}
         try:
             feeder.start()
+            if self.outage_after is not None:
+                threading.Thread(target=self.outage, args=(platform, self.outage_after), name="demo-outage",
+                                 daemon=True).start()
             with Live(self.view(platform, started), console=console, refresh_per_second=2) as live:
                 while not self._stop.is_set():
                     platform.supervise_once()

@@ -137,6 +137,16 @@ class Platform:
                 signal.signal(sig, handler)
             self.stop()
 
+    def bounce_embedded_redis(self, down_for: float, wait=time.sleep) -> None:
+        """Stop the embedded Redis this instance started, wait, start it again (same port and data)."""
+        if not self._started_redis_pid:
+            return
+        stop_embedded(self.settings, pid=self._started_redis_pid)
+        wait(down_for)
+        _, pid = ensure_embedded(self.settings)
+        if pid:
+            self._started_redis_pid = pid
+
     def stop(self, grace: float = STOP_GRACE_SEC) -> None:
         """Stop every child (and the embedded Redis this instance started)."""
         self._stop.set()

@@ -12,10 +12,13 @@ from resilience.logconfig import setup_cli_logging
 @click.option("--duration", type=float, default=None, help="Stop after this many seconds (default: until Ctrl-C).")
 @click.option("--rate", type=float, default=4.0, show_default=True, help="Jobs submitted per second.")
 @click.option("--no-flower", is_flag=True, help="Do not start Flower.")
-def command(duration: float | None, rate: float, no_flower: bool) -> None:
+@click.option("--outage-after", type=float, default=None,
+              help="Stop the embedded Redis for 5 s after this many seconds, to watch jobs spool and "
+                   "workers reconnect.")
+def command(duration: float | None, rate: float, no_flower: bool, outage_after: float | None) -> None:
     import logging
 
     from resilience.demo import Demo
 
     setup_cli_logging(logging.WARNING)
-    Demo(duration=duration, rate=rate, flower=not no_flower).run()
+    Demo(duration=duration, rate=rate, flower=not no_flower, outage_after=outage_after).run()
