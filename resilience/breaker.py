@@ -331,8 +331,9 @@ def _alert(name: str, old: str, new: str, detail: dict[str, Any], reset_timeout:
         else:
             level, title = "info", f"Circuit breaker {name} half-open"
             message = f"{name} admits trial calls ({old} -> half-open)"
-        alerts.alert("breaker_state", name, level=level, title=title, message=message, component="breaker",
-                     context=redact({"breaker": name, "from": old, "to": new, **detail}))
+        # one window per transition, so "closed" is not folded into the "opened" window
+        alerts.alert("breaker_state", f"{name}:{new}", level=level, title=title, message=message,
+                     component="breaker", context=redact({"breaker": name, "from": old, "to": new, **detail}))
     except Exception:  # noqa: BLE001 - alerting must not break the call
         log.exception("circuit breaker %s: alert failed", name)
 
