@@ -20,7 +20,8 @@ from resilience.embedded import RedisServerProcess
 from resilience.testing import SubprocessWorker, configure, wait_for
 from tests.outage_jobs import mark, marks
 
-pytestmark = pytest.mark.slow
+# One test process runs both, one after the other: two chaos runs at once would share two cores.
+pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("outage-chaos")]
 
 
 def fsync_always(server: RedisServerProcess) -> None:
