@@ -12,19 +12,14 @@ from __future__ import annotations
 import json
 import threading
 import time
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
+
+from resilience.localserver import LocalHTTPServer, QuietHandler
 
 __all__ = ["FlakyAPI"]
 
 
-class _Server(ThreadingHTTPServer):
-    daemon_threads = True
-
-    def handle_error(self, request, client_address) -> None:
-        """A client that gave up (its timeout) is expected here, not an error."""
-
-
-class FlakyAPI:
+class FlakyAPI(LocalHTTPServer):
     """A local HTTP server whose health a test or the demo controls."""
 
     def __init__(self, mode: str = "ok", slow_sec: float = 2.0) -> None:
@@ -33,13 +28,11 @@ class FlakyAPI:
         self.requests = 0
         self._schedule: tuple[float, float] | None = None
         self._lock = threading.Lock()
-        self._server = _Server(("127.0.0.1", 0), self._handler())
-        self._thread = threading.Thread(target=self._server.serve_forever, name="flaky-api", daemon=True)
+        super().__init__(self._handler(), name="flaky-api")
 
     @property
     def url(self) -> str:
-        host, port = self._server.server_address[:2]
-        return f"http://{host}:{port}"
+        return self.base_url
 
     def fail_between(self, start: float, end: float) -> None:
         """Answer 503 from ``start`` to ``end`` (epoch seconds), 200 otherwise."""
@@ -54,7 +47,7 @@ class FlakyAPI:
     def _handler(self) -> type[BaseHTTPRequestHandler]:
         api = self
 
-        class Handler(BaseHTTPRequestHandler):
+        class Handler(QuietHandler):
             def _answer(self) -> None:
                 with api._lock:
                     api.requests += 1
@@ -76,21 +69,4 @@ class FlakyAPI:
 
             do_GET = do_POST = _answer
 
-            def log_message(self, *args: object) -> None:  # keep test and demo output clean
-                pass
-
         return Handler
-
-    def start(self) -> FlakyAPI:
-        self._thread.start()
-        return self
-
-    def stop(self) -> None:
-        self._server.shutdown()
-        self._server.server_close()
-
-    def __enter__(self) -> FlakyAPI:
-        return self.start()
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop()

@@ -10,10 +10,10 @@ from __future__ import annotations
 import json
 import threading
 from dataclasses import dataclass
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 from resilience.alerts import SIGNATURE_HEADER, verify
+from resilience.localserver import LocalHTTPServer, QuietHandler
 
 __all__ = ["ReceivedAlert", "WebhookReceiver"]
 
@@ -31,7 +31,7 @@ class ReceivedAlert:
         return json.loads(self.body)
 
 
-class WebhookReceiver:
+class WebhookReceiver(LocalHTTPServer):
     """``with WebhookReceiver(secret) as receiver: ... receiver.url ... receiver.alerts``."""
 
     def __init__(self, secret: str | None = None, *, host: str = "127.0.0.1", port: int = 0) -> None:
@@ -43,7 +43,7 @@ class WebhookReceiver:
         self._lock = threading.Lock()
         receiver = self
 
-        class Handler(BaseHTTPRequestHandler):
+        class Handler(QuietHandler):
             def do_POST(self) -> None:  # noqa: N802 - http.server's naming
                 body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
                 with receiver._lock:
@@ -63,35 +63,15 @@ class WebhookReceiver:
                 self.send_header("Content-Length", "0")
                 self.end_headers()
 
-            def log_message(self, *args: Any) -> None:
-                pass
-
-        self.server = ThreadingHTTPServer((host, port), Handler)
-        self.server.daemon_threads = True
-        self._thread = threading.Thread(target=self.server.serve_forever, name="webhook-receiver", daemon=True)
+        super().__init__(Handler, host=host, port=port, name="webhook-receiver")
 
     @property
     def url(self) -> str:
-        host, port = self.server.server_address[:2]
-        return f"http://{host}:{port}/alerts"
+        return f"{self.base_url}/alerts"
 
     def payloads(self) -> list[dict[str, Any]]:
         with self._lock:
             return [a.payload for a in self.alerts]
-
-    def start(self) -> WebhookReceiver:
-        self._thread.start()
-        return self
-
-    def stop(self) -> None:
-        self.server.shutdown()
-        self.server.server_close()
-
-    def __enter__(self) -> WebhookReceiver:
-        return self.start()
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop()
 
 
 def start_demo_receiver() -> WebhookReceiver | None:

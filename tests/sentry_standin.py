@@ -9,17 +9,18 @@ from __future__ import annotations
 import gzip
 import json
 import threading
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
+from resilience.localserver import LocalHTTPServer, QuietHandler
 
-class SentryStandIn:
+
+class SentryStandIn(LocalHTTPServer):
     def __init__(self) -> None:
         self.envelopes: list[bytes] = []
         self._lock = threading.Lock()
         standin = self
 
-        class Handler(BaseHTTPRequestHandler):
+        class Handler(QuietHandler):
             def do_POST(self) -> None:  # noqa: N802
                 body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
                 if self.headers.get("Content-Encoding") == "gzip":
@@ -32,16 +33,11 @@ class SentryStandIn:
                 self.end_headers()
                 self.wfile.write(b"{}")
 
-            def log_message(self, *args: Any) -> None:
-                pass
-
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.server.daemon_threads = True
-        self._thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        super().__init__(Handler, name="sentry-standin")
 
     @property
     def dsn(self) -> str:
-        return f"http://publickey@127.0.0.1:{self.server.server_address[1]}/1"
+        return f"http://publickey@127.0.0.1:{self.port}/1"
 
     def events(self) -> list[dict[str, Any]]:
         """The error events received (items of type "event")."""
@@ -62,11 +58,3 @@ class SentryStandIn:
     def raw(self) -> bytes:
         with self._lock:
             return b"\n".join(self.envelopes)
-
-    def __enter__(self) -> SentryStandIn:
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.server.shutdown()
-        self.server.server_close()
