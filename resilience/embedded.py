@@ -72,6 +72,18 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
+def _die_with_parent() -> None:
+    """In the child before exec: SIGTERM it when its parent dies (Linux), so a test
+    run that is killed leaves no redis-server behind. A detached server is meant to
+    outlive its starter and does not use this."""
+    try:
+        import ctypes
+
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        pass
+
+
 def _port_is_free(port: int) -> bool:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
@@ -129,6 +141,7 @@ class RedisServerProcess:
             self.command(),
             stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
             start_new_session=self.detached,
+            preexec_fn=None if self.detached else _die_with_parent,
         )
         self.wait_ready(timeout)
         return self
