@@ -75,6 +75,7 @@ class SweepReport:
     active_jobs: int = 0
     restored: list[dict] = field(default_factory=list)
     requeued: list[dict] = field(default_factory=list)
+    forgotten_workers: list[str] = field(default_factory=list)
     stopped: list[dict] = field(default_factory=list)
     errors: list[str] = field(default_factory=list)
 
@@ -170,7 +171,26 @@ def _sweep(app, settings: Settings, now: float) -> SweepReport:
         if entry is None or entry.get("worker") not in live:
             continue
         _stop_stuck(app, r, k, settings, job_id, entry, now, report)
+    _forget_long_dead_workers(r, k, beats, active, now, settings, report)
     return report
+
+
+#: A dead worker stays listed (as DEAD in ``resilience status``) this long.
+FORGET_DEAD_WORKERS_AFTER_SEC = 24 * 3600
+
+
+def _forget_long_dead_workers(r, k, beats, active: dict, now: float, settings: Settings,
+                              report: SweepReport) -> None:
+    """Drop heartbeats of workers dead for a day that no registry entry names any more."""
+    horizon = now - max(FORGET_DEAD_WORKERS_AFTER_SEC, 10 * settings.worker_heartbeat_timeout_sec)
+    named = {e.get("worker") for e in active.values()}
+    gone = [w for w, beat in beats if beat < horizon and w not in named]
+    if gone:
+        pipe = r.pipeline(transaction=True)
+        pipe.zrem(k.worker_heartbeats, *gone)
+        pipe.hdel(k.worker_info, *gone)
+        pipe.execute()
+        report.forgotten_workers = sorted(gone)
 
 
 def _abandoned(entry: dict, now: float, settings: Settings) -> bool:

@@ -298,3 +298,13 @@ def test_the_beat_task_runs_the_sweep_on_a_worker(app, r, worker):
     app.tasks["resilience.sweep_stuck_jobs"].apply_async()
     wait_for(lambda: int(r.hget(keys().stats("sweeper"), "runs") or 0) >= 1, 30,
              message="the sweep task to run on the worker")
+
+
+def test_workers_dead_for_a_day_are_forgotten_and_recent_ones_kept(app, r):
+    now = time.time()
+    r.zadd(keys().worker_heartbeats, {"old@test|a": now - 2 * 86400, "recent@test|b": now - 600})
+    r.hset(keys().worker_info, mapping={"old@test|a": "{}", "recent@test|b": "{}"})
+    report = sweeper.sweep(app, now=now)
+    assert report.forgotten_workers == ["old@test|a"]
+    assert r.zrange(keys().worker_heartbeats, 0, -1) == ["recent@test|b"]
+    assert r.hkeys(keys().worker_info) == ["recent@test|b"]
