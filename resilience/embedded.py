@@ -21,6 +21,7 @@ import shutil
 import signal
 import socket
 import subprocess
+import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -141,7 +142,10 @@ class RedisServerProcess:
             self.command(),
             stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
             start_new_session=self.detached,
-            preexec_fn=None if self.detached else _die_with_parent,
+            # PR_SET_PDEATHSIG follows the starting *thread*: only tie the server's
+            # life to its starter when that is the main thread.
+            preexec_fn=_die_with_parent if not self.detached and threading.current_thread() is threading.main_thread()
+            else None,
         )
         self.wait_ready(timeout)
         return self
