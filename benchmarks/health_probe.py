@@ -30,13 +30,9 @@ def main() -> None:
 
     workdir = Path(tempfile.mkdtemp(prefix="health-bench-"))
     os.environ["RESILIENCE_DATA_DIR"] = str(workdir / "data")
-    from resilience.embedded import RedisServerProcess, find_redis_binary
-    from resilience.settings import load_settings, reset_settings
+    from resilience.testing import start_private_redis
 
-    server = RedisServerProcess(binary=find_redis_binary(load_settings()), directory=workdir / "redis")
-    server.start()
-    os.environ["REDIS_URL"] = server.url
-    reset_settings()
+    server = start_private_redis(workdir / "redis")
 
     import httpx
 

@@ -29,10 +29,21 @@ from resilience.store import reset_redis
 
 __all__ = [
     "RedisServerProcess", "SubprocessWorker", "configure", "find_redis_binary", "free_port",
-    "in_process_worker", "settings_env", "wait_for",
+    "in_process_worker", "settings_env", "start_private_redis", "wait_for",
 ]
 
 T = TypeVar("T")
+
+
+def start_private_redis(directory: Path, *, appendonly: bool = True) -> RedisServerProcess:
+    """Start a redis-server of this process's own (free port, data in ``directory``) and
+    point this process and its children at it (``REDIS_URL``, settings re-read)."""
+    server = RedisServerProcess(binary=find_redis_binary(load_settings()), directory=Path(directory),
+                                appendonly=appendonly).start()
+    os.environ["REDIS_URL"] = server.url
+    reset_settings()
+    reset_redis()
+    return server
 
 
 def wait_for(predicate: Callable[[], T], timeout: float = 10.0, interval: float = 0.05,

@@ -15,18 +15,16 @@ from pathlib import Path
 
 import pytest
 
-from resilience.embedded import RedisServerProcess, find_redis_binary
-from resilience.settings import load_settings, reset_settings
+from resilience.embedded import RedisServerProcess
+from resilience.settings import reset_settings
+from resilience.testing import start_private_redis
 
 _session_dir = Path(tempfile.mkdtemp(prefix="resilience-tests-"))
 os.environ["RESILIENCE_DATA_DIR"] = str(_session_dir / "data")
 for _name in list(os.environ):
     if _name.startswith("FEATURE_") or _name in {"RESILIENCE_KEY_PREFIX", "ALERT_WEBHOOK_URL", "SENTRY_DSN"}:
         del os.environ[_name]
-_server = RedisServerProcess(binary=find_redis_binary(load_settings()), directory=_session_dir / "redis")
-_server.start()
-os.environ["REDIS_URL"] = _server.url
-reset_settings()
+_server = start_private_redis(_session_dir / "redis")
 
 
 def pytest_unconfigure(config):
