@@ -8,7 +8,7 @@ compare-and-swap in Lua, so even without the lock nothing is pushed twice.
 
 One sweep, in order:
 
-1. **Orphaned messages** (``lua/sweep_restore.lua``): a message in kombu's
+1. **Orphaned messages** (:mod:`resilience.unacked`): a message in kombu's
    ``unacked`` hash that no live worker holds (per the delivery tags each
    heartbeat records), delivered before the oldest live worker's latest
    heartbeat, goes back on its queue exactly as kombu's ``restore_by_tag``
@@ -36,7 +36,7 @@ import time
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from resilience import deadletter
+from resilience import deadletter, unacked
 from resilience.deadletter import broker_transport_options
 from resilience.identity import hostname_of
 from resilience.keys import keys
@@ -56,11 +56,6 @@ LOCK_NAME = "sweeper"
 #: while its retry already runs elsewhere. The execution guard makes a job cut
 #: off mid-way safe to run again, so nothing is gained by a polite stop.
 TERMINATE_SIGNAL = "SIGKILL"
-
-#: kombu's priority steps and its priority queue separator (kombu.transport.redis).
-_PRIORITY_STEPS = (0, 3, 6, 9)
-_BINDING_SEP = "\x06\x16"
-
 
 @dataclass
 class SweepReport:
@@ -210,97 +205,29 @@ def _loads(raw: str | None) -> dict:
 
 # -- 1. orphaned messages ------------------------------------------------------------
 def _restore_orphans(r, k, tags: list[str], entry_by_tag: dict, dead: set[str], report: SweepReport) -> set[str]:
-    """Push orphaned ``unacked`` messages back (two round trips for all of them)."""
-    if not tags:
-        return set()
-    transport = broker_transport_options()
-    raws = r.hmget(k.kombu_unacked(transport), tags)
-    messages = []
-    exchanges = set()
-    for tag, raw in zip(tags, raws):
-        if raw is None:
-            continue
-        try:
-            payload, exchange, routing_key = json.loads(raw)
-        except (ValueError, TypeError):
-            report.errors.append(f"unreadable unacked entry {tag}")
-            continue
-        messages.append((tag, raw, payload, exchange or "", routing_key or ""))
-        if exchange:
-            exchanges.add(exchange)
-    bindings = _bindings(r, k, exchanges)
-
-    script = load_script("sweep_restore")
-    pipe = r.pipeline(transaction=False)
-    planned = []
-    for tag, raw, payload, exchange, routing_key in messages:
-        _mark_redelivered(payload)
-        body = json.dumps(payload)
+    """Push orphaned ``unacked`` messages back (a fixed number of round trips for all of them)."""
+    candidates = []
+    for tag in tags:
         job_id, entry = entry_by_tag.get(tag, ("", {}))
         owner = entry.get("worker") or ""
         if job_id and owner not in dead:
             job_id = ""  # the entry belongs to a run on a live worker: leave it
-        for queue in _queues_for(bindings, exchange, routing_key):
-            script(keys=[k.kombu_unacked(transport), k.kombu_unacked_index(transport),
-                         k.kombu_queue(queue, _priority_step(payload)), k.active, k.active_deadlines],
-                   args=[tag, raw, body, job_id, owner], client=pipe)
-            planned.append((tag, queue, payload, job_id, owner))
-            break  # a task message has one queue; kombu would fan out to several
+        candidates.append(unacked.Candidate(tag, job_id=job_id, owner=owner))
     restored = set()
-    for (tag, queue, payload, job_id, owner), pushed in zip(planned, pipe.execute()):
-        if not pushed:
-            continue
-        headers = payload.get("headers") or {}
+    for done in unacked.restore(r, candidates, broker_transport_options(), errors=report.errors):
+        headers = done.payload.get("headers") or {}
+        tag, job_id, owner = done.candidate.tag, done.candidate.job_id, done.candidate.owner
         action = {"job_id": headers.get("id") or job_id or None, "task": headers.get("task"),
-                  "queue": queue, "delivery_tag": tag, "worker": owner or None}
+                  "queue": done.queue, "delivery_tag": tag, "worker": owner or None}
         report.restored.append(action)
         if job_id:
             restored.add(job_id)
         log.warning("sweep: put orphaned message %s of job %s (%s) back on queue %s",
-                    tag, action["job_id"], action["task"], queue)
+                    tag, action["job_id"], action["task"], done.queue)
     return restored
 
 
-def _bindings(r, k, exchanges: set[str]) -> dict[str, list[str]]:
-    if not exchanges:
-        return {}
-    pipe = r.pipeline(transaction=False)
-    ordered = sorted(exchanges)
-    for exchange in ordered:
-        pipe.smembers(k.kombu_binding(exchange))
-    return dict(zip(ordered, pipe.execute()))
-
-
-def _queues_for(bindings: dict, exchange: str, routing_key: str) -> list[str]:
-    """kombu's ``_lookup`` for direct exchanges; the routing key names the queue otherwise."""
-    matches = []
-    for member in bindings.get(exchange) or ():
-        rk, _, queue = member.split(_BINDING_SEP, 2) if member.count(_BINDING_SEP) == 2 else ("", "", "")
-        if queue and rk == routing_key:
-            matches.append(queue)
-    return matches or [routing_key or exchange or "celery"]
-
-
-def _priority_step(payload: dict) -> int:
-    """kombu's priority step of a message (its ``_get_message_priority`` and ``priority``)."""
-    try:
-        value = int((payload.get("properties") or {}).get("priority") or 0)
-    except (TypeError, ValueError):
-        value = 0
-    value = max(0, min(9, value))
-    return max(step for step in _PRIORITY_STEPS if step <= value)
-
-
-def _mark_redelivered(payload: dict) -> None:
-    """As kombu's ``_do_restore_message``: the message says it was delivered before."""
-    try:
-        payload["headers"]["redelivered"] = True
-        payload["properties"]["delivery_info"]["redelivered"] = True
-    except (KeyError, TypeError):
-        pass
-
-
-# -- 2. jobs of dead workers without a message ----------------------------------------
+# -- 2. jobs of dead workers -----------------------------------------------------------
 def _requeue_from_entry(app, r, k, settings: Settings, job_id: str, entry: dict, now: float,
                         report: SweepReport) -> None:
     claimed = _claim(r, k, settings, job_id, entry["worker"], "+inf", "", entry.get("attempt") or 0, now)
