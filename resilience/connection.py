@@ -17,9 +17,12 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
+from redis.retry import Retry
+
 log = logging.getLogger(__name__)
 
-__all__ = ["COMPONENTS", "mark_down", "mark_up", "state", "is_down", "check_alerts", "reset"]
+__all__ = ["COMPONENTS", "mark_down", "mark_up", "state", "is_down", "is_outage", "check_alerts", "reset", "health_check",
+           "TrackedRetry"]
 
 #: The Redis connections a process may hold.
 COMPONENTS = ("broker", "result_backend", "store")
@@ -57,6 +60,7 @@ def mark_down(component: str, error: BaseException | str | None = None, *, now: 
         link.up, link.since, link.alerted = False, now, False
         link.disconnects += 1
     log.warning("redis %s connection lost: %s", component, link.last_error)
+    _count("redis_disconnects", component)
     return True
 
 
@@ -72,7 +76,18 @@ def mark_up(component: str, *, now: float | None = None) -> bool:
         link.reconnects += 1
         link.last_error = None
     log.warning("redis %s connection restored after %.1fs", component, down_for)
+    _count("redis_reconnects", component)
     return True
+
+
+def _count(counter: str, component: str) -> None:
+    """Count a transition for /metrics (an observer never breaks what it observes)."""
+    try:
+        from resilience import metrics
+
+        getattr(metrics, counter).labels(client=component).inc()
+    except Exception:  # noqa: BLE001
+        log.debug("could not count %s for %s", counter, component, exc_info=True)
 
 
 def is_down(component: str) -> bool:
@@ -81,12 +96,71 @@ def is_down(component: str) -> bool:
         return not _link(component).up
 
 
+def health_check() -> dict[str, Any]:
+    """The ``connections`` entry of ``/health``: this process's view of each Redis connection."""
+    links = state()
+    down = sorted(name for name, link in links.items() if not link["up"])
+    result: dict[str, Any] = {"ok": not down, **links}
+    if down:
+        result["error"] = f"down: {', '.join(down)}"
+    return result
+
+
+def is_outage(err: BaseException | None) -> bool:
+    """Whether ``err`` (or an error it was raised from) is a connection failure, not a caller's mistake.
+
+    Celery's Redis result backend turns a lost connection into a bare
+    RuntimeError ("Retry limit exceeded while trying to reconnect to the Celery
+    result store"), so causes and contexts are followed too.
+    """
+    from kombu.exceptions import OperationalError
+    from redis.exceptions import ConnectionError as RedisConnectionError
+    from redis.exceptions import TimeoutError as RedisTimeoutError
+
+    outage_types = (OperationalError, RedisConnectionError, RedisTimeoutError, ConnectionError, TimeoutError, OSError)
+    seen = 0
+    while err is not None and seen < 10:
+        if isinstance(err, outage_types):
+            return True
+        err = err.__cause__ or err.__context__
+        seen += 1
+    return False
+
+
 def state() -> dict[str, dict[str, Any]]:
     """``{"broker": {"up", "since", "reconnects", "disconnects", "last_error"}, ...}`` for health and metrics."""
     with _lock:
         return {name: {"up": link.up, "since": link.since, "reconnects": link.reconnects,
                        "disconnects": link.disconnects, "last_error": link.last_error}
                 for name, link in _links.items()}
+
+
+class TrackedRetry(Retry):
+    """redis-py's retry policy that also reports the connection's state.
+
+    Every command and pipeline of a redis-py client goes through its
+    connection's ``Retry.call_with_retry``: a command that fails after its
+    retries marks ``component`` down, the next one that succeeds marks it up.
+    The success path costs one attribute read.
+    """
+
+    def __init__(self, component: str, backoff, retries: int, supported_errors=None) -> None:
+        _link(component)  # unknown names fail here, at client creation
+        if supported_errors is None:
+            super().__init__(backoff, retries)
+        else:
+            super().__init__(backoff, retries, supported_errors=supported_errors)
+        self.component = component
+
+    def call_with_retry(self, do, fail, *args, **kwargs):
+        try:
+            result = super().call_with_retry(do, fail, *args, **kwargs)
+        except self._supported_errors as err:
+            mark_down(self.component, err)
+            raise
+        if not _links[self.component].up:
+            mark_up(self.component)
+        return result
 
 
 def check_alerts(*, now: float | None = None) -> list[str]:

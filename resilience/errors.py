@@ -16,12 +16,15 @@
     ├── EmbeddedRedisError          the embedded redis-server could not start
     └── StoreUnavailable            the platform's Redis store did not answer
 
-Control flow (Celery's ``Retry``, ``Ignore``, ``Reject``) is kept apart from
-these errors: it is never tracked, alerted or dead-lettered. Errors from the
+Control flow (Celery's ``Retry``, ``Ignore``, ``Reject``, and
+:class:`JobNotStarted`, a ``Reject``) is kept apart from these errors: it is
+never tracked, alerted or dead-lettered. Errors from the
 Redis driver are translated at the boundary (``raise X(...) from err``).
 """
 
 from __future__ import annotations
+
+from celery.exceptions import Reject
 
 
 class ResilienceError(Exception):
@@ -96,3 +99,16 @@ class EmbeddedRedisError(ResilienceError):
 
 class StoreUnavailable(ResilienceError, ConnectionError):
     """The platform's Redis store did not answer in time."""
+
+
+class JobNotStarted(Reject):
+    """A job could not start because Redis was unreachable; its message goes back on the queue.
+
+    Raised before the job's body runs, so running it later is its first run.
+    Celery treats it as a ``Reject(requeue=True)``: nothing is acknowledged,
+    stored as a failure, retried or dead-lettered.
+    """
+
+    def __init__(self, reason: str | None = None, requeue: bool = True) -> None:
+        # Same arguments as Reject: the pool pickles it to the worker, which rebuilds it from args.
+        super().__init__(reason, requeue=requeue)

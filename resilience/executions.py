@@ -21,9 +21,11 @@ import json
 import logging
 import os
 import time
+import uuid
 from dataclasses import dataclass
 from typing import Any
 
+from resilience import connection, pending_writes
 from resilience.identity import worker_id
 from resilience.keys import keys
 from resilience.settings import get_settings
@@ -99,23 +101,40 @@ def begin(task, args, kwargs, *, now: float | None = None) -> Decision:
     request = task.request
     k = keys()
     entry = registry_entry(task, args, kwargs, now)
+    entry["run"] = token = uuid.uuid4().hex[:16]
     script_keys = [k.job_state(request.id), k.active, k.active_deadlines, k.worker_heartbeats]
     if guard and entry["idempotency_key"]:
         script_keys.append(k.idempotency(entry["idempotency_key"]))
-    result = load_script("job_start")(
-        keys=script_keys,
-        args=[
-            request.id, entry["worker"], repr(now), request.retries or 0,
-            json.dumps(entry, default=str), repr(now + entry["timeout"]),
-            settings.idempotency_ttl_sec, int(guard), int(registry),
-            settings.worker_heartbeat_timeout_sec, int(registry),
-            progress_timeout_of(task),
-        ],
-    )
+    try:
+        result = load_script("job_start")(
+            keys=script_keys,
+            args=[
+                request.id, entry["worker"], repr(now), request.retries or 0,
+                json.dumps(entry, default=str), repr(now + entry["timeout"]),
+                settings.idempotency_ttl_sec, int(guard), int(registry),
+                settings.worker_heartbeat_timeout_sec, int(registry),
+                progress_timeout_of(task), token,
+            ],
+        )
+    except Exception as err:
+        if connection.is_outage(err):
+            # The claim may have landed with its reply lost: withdraw exactly it once Redis
+            # answers, or every redelivery would find the job "running" on this live worker.
+            job_id = request.id
+            pending_writes.defer(f"withdrawal of the unstarted claim on job {job_id}",
+                                 lambda: unstart(job_id, token))
+        raise
     action = result[0]
     if action == RUN:
         return Decision(RUN, deliveries=int(result[1]))
     return Decision(action, detail=result[1] if len(result) > 1 else None)
+
+
+def unstart(job_id: str, token: str) -> bool:
+    """Withdraw the claim ``token`` on ``job_id`` if it is still there (``lua/job_unstart.lua``)."""
+    k = keys()
+    return bool(load_script("job_unstart")(keys=[k.job_state(job_id), k.active, k.active_deadlines],
+                                           args=[job_id, token]))
 
 
 def finish(task, outcome: str, *, attempt: int | None = None, now: float | None = None, pipe=None) -> None:
@@ -127,9 +146,21 @@ def finish(task, outcome: str, *, attempt: int | None = None, now: float | None 
     release_key = None
     if outcome == "dead" and getattr(task, "release_key_on_dead_letter", True):
         release_key = getattr(request, "idempotency_key", None)
-    finish_job(request.id, owner_of(task), outcome,
-               attempt=request.retries or 0 if attempt is None else attempt, now=now, pipe=pipe,
-               release_key=release_key)
+    attempt = request.retries or 0 if attempt is None else attempt
+    job_id, owner = request.id, owner_of(task)
+    now = _now() if now is None else now
+
+    def write():
+        finish_job(job_id, owner, outcome, attempt=attempt, now=now, pipe=pipe, release_key=release_key)
+
+    try:
+        write()
+    except Exception as err:
+        if pipe is not None or not connection.is_outage(err):
+            raise
+        # The run is over whatever Redis says: record its outcome when Redis is back.
+        connection.mark_down("store", err)
+        pending_writes.defer(f"outcome {outcome!r} of job {job_id}", write)
 
 
 def finish_job(job_id: str, owner: str, outcome: str, *, attempt: int = 0,

@@ -345,7 +345,8 @@ class ConsumerProbeStep(bootsteps.StartStopStep):
             hub.on_tick.add(probe.tick)
         elif parent.timer is not None and self._tref is None:  # no event loop (blocking transport)
             self._tref = parent.timer.call_repeatedly(1.0, probe.tick, priority=10)
-        if self._started_once:
+        if self._started_once and not get_settings().feature_enhanced_redis:
+            # With the flag on, resilience.connection counts every broker reconnect.
             from resilience import metrics
 
             metrics.redis_reconnects.labels(client="broker").inc()

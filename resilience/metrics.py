@@ -52,7 +52,7 @@ from prometheus_client.multiprocess import MultiProcessCollector
 __all__ = [
     "CONTENT_TYPE_LATEST", "REGISTRY", "alerts_sent", "alerts_suppressed", "exposition", "job_runtime",
     "jobs_dead_lettered", "jobs_failed", "jobs_retried", "jobs_started", "jobs_succeeded",
-    "redis_reconnects", "stuck_jobs_recovered", "use_multiprocess_dir",
+    "redis_reconnects", "redis_disconnects", "stuck_jobs_recovered", "use_multiprocess_dir",
 ]
 
 log = logging.getLogger(__name__)
@@ -75,12 +75,14 @@ stuck_jobs_recovered = Counter("resilience_stuck_jobs_recovered", "Stuck or aban
                                ["task", "action"], registry=REGISTRY)
 redis_reconnects = Counter("resilience_redis_reconnects", "Redis connections re-established after a loss",
                            ["client"], registry=REGISTRY)
+redis_disconnects = Counter("resilience_redis_disconnects", "Redis connections found lost",
+                            ["client"], registry=REGISTRY)
 alerts_sent = Counter("resilience_alerts_sent", "Alerts delivered", ["rule", "level"], registry=REGISTRY)
 alerts_suppressed = Counter("resilience_alerts_suppressed", "Alerts withheld by the repeat window", ["rule"],
                             registry=REGISTRY)
 
 _COUNTERS = (jobs_started, jobs_succeeded, jobs_failed, jobs_retried, jobs_dead_lettered, job_runtime,
-             stuck_jobs_recovered, redis_reconnects, alerts_sent, alerts_suppressed)
+             stuck_jobs_recovered, redis_reconnects, redis_disconnects, alerts_sent, alerts_suppressed)
 
 _multiprocess_dir: str | None = None
 

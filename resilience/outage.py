@@ -37,7 +37,7 @@ from resilience.settings import Settings, get_settings
 
 log = logging.getLogger(__name__)
 
-__all__ = ["publish_guarded", "Flusher", "flusher", "install"]
+__all__ = ["publish_guarded", "call_bounded", "Flusher", "flusher", "install"]
 
 _executor_lock = threading.Lock()
 _executor: concurrent.futures.ThreadPoolExecutor | None = None
@@ -51,25 +51,6 @@ def _publisher() -> concurrent.futures.ThreadPoolExecutor:
         return _executor
 
 
-def _is_outage(err: BaseException) -> bool:
-    """Connection-level failures (kombu, redis-py, socket), not a caller's mistake."""
-    from kombu.exceptions import OperationalError
-    from redis.exceptions import ConnectionError as RedisConnectionError
-    from redis.exceptions import TimeoutError as RedisTimeoutError
-
-    outage_types = (OperationalError, RedisConnectionError, RedisTimeoutError, ConnectionError, TimeoutError, OSError)
-    # Celery's Redis result backend subscribes to each job's result before the
-    # publish and turns a lost connection into a bare RuntimeError ("Retry limit
-    # exceeded while trying to reconnect to the Celery result store"): look at the cause.
-    seen = 0
-    while err is not None and seen < 10:
-        if isinstance(err, outage_types):
-            return True
-        err = err.__cause__ or err.__context__
-        seen += 1
-    return False
-
-
 def publish_bounded(publish: Callable[[], Any], timeout: float) -> Any:
     """Run ``publish`` and wait at most ``timeout`` seconds; raise TimeoutError beyond."""
     future = _publisher().submit(publish)
@@ -79,18 +60,35 @@ def publish_bounded(publish: Callable[[], Any], timeout: float) -> Any:
         raise TimeoutError(f"publish did not complete within {timeout}s") from None
 
 
-def publish_guarded(task, args, kwargs, job_id: str, options: dict[str, Any], publish: Callable[[], Any]):
-    """Publish within ``PUBLISH_TIMEOUT_SEC``; spool or raise when Redis is unreachable."""
+def call_bounded(call: Callable[[], Any]) -> Any:
+    """``call()`` waited for at most ``PUBLISH_TIMEOUT_SEC`` (with ``FEATURE_ENHANCED_REDIS`` on)."""
     settings = get_settings()
     if not settings.feature_enhanced_redis:
+        return call()
+    return publish_bounded(call, settings.publish_timeout_sec)
+
+
+def publish_guarded(task, args, kwargs, job_id: str, options: dict[str, Any], publish: Callable[[], Any],
+                    *, unreachable: BaseException | None = None):
+    """Publish within ``PUBLISH_TIMEOUT_SEC``; spool or raise when Redis is unreachable.
+
+    ``unreachable`` is an outage the caller already met on its way here (the
+    idempotency claim): the job is then spooled (or refused) without a second wait.
+    """
+    settings = get_settings()
+    if not settings.feature_enhanced_redis:
+        if unreachable is not None:
+            raise unreachable
         return publish()
     spooling = settings.publish_outage_mode == "spool"
     if spooling and (flusher().busy() or connection.is_down("broker")):
         return _spool(task, args, kwargs, job_id, options, reason="jobs already wait in the spool")
     try:
+        if unreachable is not None:
+            raise unreachable
         result = publish_bounded(publish, settings.publish_timeout_sec)
     except Exception as err:
-        if not _is_outage(err):
+        if not connection.is_outage(err):
             raise
         connection.mark_down("broker", err)
         if not spooling:
@@ -111,8 +109,18 @@ def _spool(task, args, kwargs, job_id: str, options: dict[str, Any], *, reason: 
 
 
 def _publish_spooled(app, job: spool.SpooledJob, timeout: float) -> None:
-    # By name, with Celery's own publish: the flushing process need not import the
-    # job's module, and the job was deduplicated when it was submitted.
+    # By name, with Celery's own publish: the flushing process need not import the job's module.
+    key = (job.options.get("headers") or {}).get("idempotency_key")
+    if key and get_settings().feature_idempotency:
+        # Spooled because its key could not be claimed: claim it now (again, harmlessly,
+        # if this row is published a second time after a crash).
+        from resilience import idempotency
+
+        owner = publish_bounded(lambda: idempotency.claim(key, job.job_id), timeout)
+        if owner is not None and owner != job.job_id:
+            log.warning("spooled job %s of %s not published: job %s owns its idempotency key %r",
+                        job.job_id, job.task, owner, key)
+            return
     publish_bounded(lambda: app.send_task(job.task, job.args, job.kwargs, task_id=job.job_id, **job.options),
                     timeout)
 
@@ -168,7 +176,7 @@ class Flusher:
                 sent = spool.drain(lambda job: _publish_spooled(self._app_or_default(), job,
                                                                 settings.publish_timeout_sec))
             except Exception as err:  # Redis still away: wait and try again
-                if _is_outage(err):
+                if connection.is_outage(err):
                     connection.mark_down("broker", err)
                     connection.check_alerts()
                 else:
@@ -208,13 +216,18 @@ def flusher() -> Flusher:
 
 
 def install(app, settings: Settings) -> None:
-    """Fast consumer reconnects, and publish what an earlier run left in the spool."""
+    """Fast consumer reconnects, result-backend connection state, and publish what an earlier run left in the spool."""
     global _flusher
     if not settings.feature_enhanced_redis:
         return
-    from resilience import reconnect
+    from resilience import reconnect, resultbackend
 
     reconnect.install(app, settings)
+    resultbackend.install(app, settings)
+    from resilience import health
+
+    # Informational: the "redis" and "broker" checks already decide health from live probes.
+    health.register_check("connections", connection.health_check, critical=False)
     with _flusher_lock:
         if _flusher is None:
             _flusher = Flusher(app)

@@ -23,7 +23,7 @@ import time
 from celery.worker.consumer.consumer import Consumer
 from celery.worker.state import maybe_shutdown
 
-from resilience import connection
+from resilience import connection, handover
 from resilience.backoff import ExponentialBackoff
 from resilience.settings import Settings, get_settings
 
@@ -33,6 +33,9 @@ __all__ = ["ResilientConsumer", "reconnect_backoff", "install"]
 
 #: Longest single sleep between shutdown checks while waiting to reconnect.
 _SLICE_SEC = 0.1
+
+#: How often the consumer looks for held messages to put back (a lock and a len() when none).
+_HANDOVER_INTERVAL_SEC = 1.0
 
 
 def reconnect_backoff(settings: Settings | None = None) -> ExponentialBackoff:
@@ -52,11 +55,17 @@ def _sleep_checking_shutdown(seconds: float) -> None:
 
 
 class ResilientConsumer(Consumer):
-    """Celery's consumer with a fast, jittered, never-ending reconnect schedule."""
+    """Celery's consumer with a fast, jittered, never-ending reconnect schedule.
+
+    Its broker connection uses the hand-over channel (:mod:`resilience.handover`):
+    messages received but not kept in Redis when the connection was lost go
+    back on their queues as soon as it is connected again.
+    """
 
     def ensure_connected(self, conn):
         backoff = reconnect_backoff()
         attempts = 0
+        handover.use_on(conn)
 
         def on_error(exc, _interval):
             nonlocal attempts
@@ -73,51 +82,31 @@ class ResilientConsumer(Consumer):
         self.first_connection_attempt = False
         self.broker_connection_retry_attempt = 0
         connection.mark_up("broker")
+        self._restore_handover()
+        self._watch_handover()
         return conn
-
-    def start(self):
-        # The same kombu defect (below) also hits a late ack that reaches the closed
-        # channel from the event loop; treat it as the connection loss it is.
-        while True:
-            try:
-                return super().start()
-            except AttributeError as err:
-                if not _is_restore_unacked_defect(err):
-                    raise
-                log.warning("kombu used a closed broker connection (%s); reconnecting", err)
-                if self.connection:
-                    self.on_connection_error_after_connected(err)
-                self.on_close()
-                self.blueprint.restart(self)
 
     def on_connection_error_after_connected(self, exc):
         connection.mark_down("broker", exc)
+        return super().on_connection_error_after_connected(exc)
+
+    def _restore_handover(self) -> None:
+        """Put back what a connection loss (or a job that could not start) left with this worker."""
+        if not handover.pending() or connection.is_down("broker"):
+            return
         try:
-            return super().on_connection_error_after_connected(exc)
-        except AttributeError as err:
-            if not _is_restore_unacked_defect(err):
-                raise
-            # kombu defect (kombu 5.x Redis transport): closing the broken connection
-            # closes its channel, whose QoS.restore_unacked() asks for a new Redis
-            # client, and Channel._connparams() reads ``self.connection.client``, which
-            # the closing Connection has already set to None. The AttributeError is not
-            # a connection error, so Celery's ignore_errors() lets it through and the
-            # worker exits ("Unrecoverable error"). The messages it could not restore
-            # stay in kombu's ``unacked`` hash, where the stuck-job sweep (or the
-            # visibility timeout) redelivers them and the execution guard runs each once.
-            log.warning("kombu could not restore unacked messages on connection loss (%s); "
-                        "they stay in 'unacked' for redelivery", err)
-            return None
+            handover.restore_pending()
+        except Exception as err:  # noqa: BLE001 - Redis away again: the watch tries later
+            log.warning("could not put back %d held message(s) yet: %s", handover.pending(), err)
 
-
-def _is_restore_unacked_defect(err: AttributeError) -> bool:
-    """Whether ``err`` is the kombu defect above: raised inside ``restore_unacked``."""
-    tb = err.__traceback__
-    while tb is not None:
-        if tb.tb_frame.f_code.co_name in {"restore_unacked", "restore_unacked_once", "_connparams"}:
-            return True
-        tb = tb.tb_next
-    return False
+    def _watch_handover(self) -> None:
+        """Look for held messages every ``_HANDOVER_INTERVAL_SEC`` (a reconnect clears the timer)."""
+        tref = getattr(self, "_handover_tref", None)
+        if tref is not None:
+            tref.cancel()
+        self._handover_tref = None
+        if self.timer is not None:
+            self._handover_tref = self.timer.call_repeatedly(_HANDOVER_INTERVAL_SEC, self._restore_handover)
 
 
 def install(app, settings: Settings) -> None:

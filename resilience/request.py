@@ -15,9 +15,15 @@ import logging
 
 from billiard.einfo import ExceptionWithTraceback
 from billiard.exceptions import WorkerLostError
+from celery.utils.serialization import UnpickleableExceptionWrapper
 from celery.worker.request import Request
+from celery.worker.state import task_ready
 
 log = logging.getLogger(__name__)
+
+
+#: Connection errors as named by a wrapped exception that could not be pickled.
+_OUTAGE_ERROR_NAMES = frozenset({"ConnectionError", "TimeoutError", "OperationalError", "BusyLoadingError"})
 
 
 class ResilientRequest(Request):
@@ -39,7 +45,34 @@ class ResilientRequest(Request):
             return not (self._already_cancelled or self._already_revoked)
         return isinstance(exc, WorkerLostError)
 
+    def _redis_lost_around_the_body(self, exc_info, return_ok: bool) -> bool:
+        """Celery could not store the job's state or result because Redis was unreachable.
+
+        Such an error is raised outside the job's body (Celery calls it internal):
+        storing STARTED before the body, or the result after it. Celery would
+        acknowledge the message as failed and the job would be lost (before) or
+        reported failed (after). Its message goes back on the queue instead: a
+        run that never started runs, and the execution guard acknowledges a
+        redelivery of a run whose outcome was recorded.
+        """
+        if not self.task.acks_late or (return_ok and not getattr(exc_info, "internal", False)):
+            return False  # the body raised: the job's own failure, handled by its retry policy
+        exc = getattr(exc_info, "exception", None)
+        if isinstance(exc, ExceptionWithTraceback):
+            exc = exc.exc
+        if isinstance(exc, UnpickleableExceptionWrapper):
+            return exc.exc_cls_name in _OUTAGE_ERROR_NAMES
+        from resilience import connection
+
+        return connection.is_outage(exc)
+
     def on_failure(self, exc_info, send_failed_event=True, return_ok=False):
+        if self._redis_lost_around_the_body(exc_info, return_ok):
+            task_ready(self)
+            log.warning("job %s: Redis unreachable while Celery stored its state (%s); "
+                        "its message goes back on the queue", self.id, exc_info.exception)
+            self.reject(requeue=True)
+            return None
         if self._lost_worker(getattr(exc_info, "exception", None)):
             try:
                 from resilience import executions

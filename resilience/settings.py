@@ -303,7 +303,7 @@ class Settings:
 
     # -- Feature flags -------------------------------------------------------------
     feature_enhanced_redis: bool = _setting("FEATURE_ENHANCED_REDIS", True, _parse_bool,
-        "Fast reconnects, connection state tracking and the publish spool")
+        "Fast reconnects, the workers' message hand-over, connection state tracking and the publish spool")
     feature_smart_retry: bool = _setting("FEATURE_SMART_RETRY", True, _parse_bool,
         "Backoff with jitter and durable delayed retries")
     feature_dead_letter: bool = _setting("FEATURE_DEAD_LETTER", True, _parse_bool,

@@ -15,8 +15,8 @@ from importlib import resources
 
 import redis
 from redis.backoff import ExponentialWithJitterBackoff
-from redis.retry import Retry
 
+from resilience.connection import TrackedRetry
 from resilience.settings import Settings, get_settings
 
 __all__ = ["get_redis", "redis_url", "reset_redis", "load_script"]
@@ -48,7 +48,8 @@ def client_options(settings: Settings | None = None) -> dict:
         "socket_connect_timeout": settings.redis_connect_timeout_sec,
         "health_check_interval": settings.redis_health_check_interval_sec,
         "socket_keepalive": True,
-        "retry": Retry(ExponentialWithJitterBackoff(base=0.05, cap=1.0), retries=3),
+        # Capped jittered retries; each command's outcome also feeds the "store" connection state.
+        "retry": TrackedRetry("store", ExponentialWithJitterBackoff(base=0.05, cap=1.0), retries=3),
         "retry_on_timeout": False,
         "decode_responses": True,
     }

@@ -25,8 +25,8 @@ from typing import Any, ClassVar
 from celery import Task
 from celery.exceptions import Ignore, Reject, Retry
 
-from resilience import executions
-from resilience.errors import UnknownTaskOption
+from resilience import connection, executions
+from resilience.errors import JobNotStarted, UnknownTaskOption
 from resilience.settings import get_settings
 
 __all__ = ["ResilientTask", "CONTROL_FLOW"]
@@ -148,7 +148,14 @@ class ResilientTask(Task):
             return super().__call__(*args, **kwargs)
         from resilience import retrying
 
-        decision = executions.begin(self, args, kwargs)
+        try:
+            decision = executions.begin(self, args, kwargs)
+        except Exception as err:
+            if not connection.is_outage(err):
+                raise
+            # Nothing ran yet: put the message back rather than fail a job Redis never saw start.
+            connection.mark_down("store", err)
+            raise JobNotStarted(f"Redis unreachable before job {request.id} could start: {err}") from err
         if not decision.run:
             return retrying.skip(self, decision)
         if decision.deliveries > get_settings().poison_max_deliveries:

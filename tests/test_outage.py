@@ -173,3 +173,53 @@ def test_connection_state_counts_transitions_and_alerts_once_when_down_too_long(
     assert broker == {"up": True, "since": 1050.0, "reconnects": 1, "disconnects": 1, "last_error": None}
     assert any("redis_unreachable" in rec.getMessage() or "unreachable" in rec.getMessage()
                for rec in caplog.records)
+
+
+def test_store_and_result_backend_connections_report_their_state(app, redis_server):
+    import redis
+
+    from resilience.store import get_redis
+
+    get_redis().ping()
+    app.backend.client.ping()
+    assert connection.health_check()["ok"] is True
+    redis_server.stop()
+    for client in (get_redis(), app.backend.client):
+        with pytest.raises(redis.ConnectionError):
+            client.ping()
+    state = connection.state()
+    assert not state["store"]["up"] and not state["result_backend"]["up"]
+    assert "Connection" in state["store"]["last_error"]
+    check = connection.health_check()
+    assert check["ok"] is False and check["error"] == "down: result_backend, store"
+    redis_server.start()
+    wait_for(lambda: get_redis().ping(), timeout=30, message="the store to answer again")
+    wait_for(lambda: app.backend.client.ping(), timeout=30, message="the result backend to answer again")
+    state = connection.state()
+    assert state["store"]["up"] and state["result_backend"]["up"]
+    # Other threads of this process use the store too: each outage they saw is one down and one up.
+    for name in ("store", "result_backend"):
+        assert state[name]["reconnects"] >= 1 and state[name]["reconnects"] == state[name]["disconnects"]
+
+
+@pytest.mark.slow
+def test_keyed_jobs_on_a_frozen_redis_are_spooled_in_bounded_time_and_the_key_still_runs_once(
+        app, redis_server, marks_path):
+    with in_process_worker(app):
+        redis_server.freeze()
+        started = time.monotonic()
+        first = mark.apply_async((marks_path, 1), idempotency_key="order-7")
+        assert time.monotonic() - started < get_settings().publish_timeout_sec + 2.0
+        second = mark.apply_async((marks_path, 1), idempotency_key="order-7")
+        assert spool.count() == 2 and first.id != second.id
+
+        redis_server.thaw()
+        wait_for(lambda: first.id in marks(marks_path), timeout=60, message="the first keyed job to run")
+        wait_for(lambda: spool.count() == 0, timeout=30, message="the spool to be empty")
+    # The second submission lost the key to the first once Redis answered: never published, never run.
+    assert marks(marks_path) == {first.id: 1}
+    from resilience import idempotency
+
+    assert idempotency.owner("order-7") == first.id
+    # Redis is back: a new submission with the key is a duplicate of the first, as always.
+    assert mark.apply_async((marks_path, 1), idempotency_key="order-7").id == first.id

@@ -4,7 +4,7 @@ The execution guard and the active-job registry are one record: a job runs
 only if no live run holds it and it has not completed, and the claim, the
 registry entry and its progress deadline are written in one step.
 
-KEYS[1]  jobs:state:<job id>     string, JSON {s, a, w, t, n}
+KEYS[1]  jobs:state:<job id>     string, JSON {s, a, w, t, n, r}
 KEYS[2]  jobs:active             hash  job id -> JSON registry entry
 KEYS[3]  jobs:active:deadlines   zset  job id -> progress deadline (epoch s)
 KEYS[4]  workers:heartbeats      zset  worker id -> last heartbeat (epoch s)
@@ -22,6 +22,8 @@ ARGV[9]  "1" when the registry is on
 ARGV[10] heartbeat timeout (seconds): a run whose worker beat within it is live
 ARGV[11] "1" when heartbeats are recorded (else a run is live for ARGV[12] s)
 ARGV[12] fallback liveness window (seconds)
+ARGV[13] run token: names this claim, so a run that never learnt whether its
+         claim landed (Redis lost mid-call) can withdraw exactly it (job_unstart)
 A record left "running" by a dead worker, or marked "crashed" by the worker
 whose pool process died, lets the job run again and counts the delivery.
 A message whose idempotency key is owned by another job (published around
@@ -74,7 +76,7 @@ if ARGV[8] == "1" then
       end
     end
   end
-  local record = cjson.encode({s = "running", a = attempt, w = owner, t = now, n = deliveries})
+  local record = cjson.encode({s = "running", a = attempt, w = owner, t = now, n = deliveries, r = ARGV[13]})
   redis.call("SET", KEYS[1], record, "EX", tonumber(ARGV[7]))
 end
 

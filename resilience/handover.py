@@ -1,0 +1,196 @@
+"""A worker keeps the messages it received across a broker connection loss.
+
+kombu's Redis transport hands a message to a worker in two commands: ``BRPOP``
+takes it off the queue, then a second pipeline records it in the ``unacked``
+hash (``QoS.append``). When Redis dies between the two, the message exists
+only in the worker's memory; kombu lets the connection error escape from
+``append`` and the message is dropped: a job lost. On the same connection loss,
+kombu's channel close tries to put the worker's prefetched messages back
+(``restore_unacked``) over the dead connection and fails, leaving them in
+``unacked`` until the visibility timeout (12 h here) or a sweep.
+
+The worker's consumer connection therefore uses :class:`HandoverQoS`:
+
+* ``append`` that fails for a connection reason keeps the message (its exact
+  kombu envelope) in this process's hand-over list before the error goes on;
+* ``restore_unacked`` while the broker is down keeps the prefetched messages
+  that are not running, instead of trying a dead connection;
+* ``reject(requeue=True)`` that cannot reach Redis (a job that could not
+  start, :class:`~resilience.errors.JobNotStarted`) keeps the message too;
+* once the consumer is connected again, :func:`restore_pending` puts them back
+  on their queues through :func:`resilience.unacked.restore`: a message still
+  in ``unacked`` only if its entry is unchanged, a message never recorded only
+  while it still has no entry, so the sweep and the hand-over never both push
+  it. Running jobs are left alone: they finish and ack.
+
+kombu defect worked around here as well: after a connection is closed, its
+channel's ``_connparams()`` reads ``self.connection.client``, which closing
+set to None, so a late ack or a restore on that channel raises AttributeError
+instead of using Redis. :class:`HandoverChannelMixin` remembers the last
+connection parameters so those calls reach Redis (or fail as the connection
+errors they are).
+
+The hand-over list is in memory: a worker killed during the same outage in
+which it popped a message it could not record loses that one message (the
+README's persistence notes say so). Installed with ``FEATURE_ENHANCED_REDIS``.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from dataclasses import dataclass
+
+from kombu.transport import redis as kombu_redis
+from kombu.transport import virtual
+
+from resilience import connection, unacked
+from resilience.deadletter import broker_transport_options
+from resilience.store import get_redis
+
+log = logging.getLogger(__name__)
+
+__all__ = ["HandoverQoS", "HandoverChannelMixin", "use_on", "keep", "pending", "restore_pending"]
+
+
+@dataclass(frozen=True)
+class _Held:
+    envelope: list | None  # [payload, exchange, routing key], as kombu stores it in ``unacked``
+    recorded: bool  # whether kombu's ``unacked`` entry was written
+
+
+_lock = threading.Lock()
+_held: dict[str, _Held] = {}
+
+
+def keep(tag: str, envelope: list | None, *, recorded: bool) -> None:
+    """Hold a message this worker could not keep in Redis until it can be put back."""
+    with _lock:
+        _held[str(tag)] = _Held(envelope, recorded)
+
+
+def pending() -> int:
+    """How many messages wait in this process's hand-over list."""
+    with _lock:
+        return len(_held)
+
+
+def restore_pending(r=None) -> int:
+    """Put the held messages back on their queues; returns how many went back.
+
+    Messages stay held when Redis cannot be reached, for the next call.
+    """
+    with _lock:
+        held = dict(_held)
+    if not held:
+        return 0
+    candidates = [unacked.Candidate(tag, fallback=None if h.recorded else h.envelope) for tag, h in held.items()]
+    restored = unacked.restore(r or get_redis(), candidates, broker_transport_options())
+    with _lock:
+        for tag in held:
+            if _held.get(tag) is held[tag]:
+                del _held[tag]
+    for done in restored:
+        headers = done.payload.get("headers") or {}
+        log.warning("put message %s of job %s (%s) back on queue %s after the broker connection loss",
+                    done.candidate.tag, headers.get("id"), headers.get("task"), done.queue)
+    return len(restored)
+
+
+def _envelope(message) -> list:
+    delivery = message.delivery_info
+    return [message._raw, delivery["exchange"], delivery["routing_key"]]
+
+
+def _running_tags() -> set[str]:
+    """Delivery tags of the jobs this worker is running (they finish and ack themselves)."""
+    from celery.worker import state
+
+    tags = set()
+    for request in list(state.active_requests):
+        tag = getattr(getattr(request, "message", None), "delivery_tag", None)
+        if tag:
+            tags.add(str(tag))
+    return tags
+
+
+class HandoverQoS(kombu_redis.QoS):
+    """kombu's Redis QoS that keeps, rather than drops, messages on a connection loss."""
+
+    def append(self, message, delivery_tag):
+        try:
+            super().append(message, delivery_tag)
+        except self.channel.connection_errors:
+            keep(delivery_tag, _envelope(message), recorded=False)
+            log.warning("broker connection lost while recording message %s as delivered; "
+                        "it is kept and put back when the broker is reachable", delivery_tag)
+            raise
+
+    def reject(self, delivery_tag, requeue=False):
+        try:
+            return super().reject(delivery_tag, requeue=requeue)
+        except self.channel.connection_errors:
+            if not requeue:
+                raise
+        # The message stays in ``unacked``: hand it over instead of failing the requeue.
+        keep(delivery_tag, None, recorded=True)
+        virtual.QoS.ack(self, delivery_tag)
+        log.warning("broker unreachable: message %s will go back on its queue on reconnect", delivery_tag)
+        return None
+
+    def restore_unacked(self, client=None):
+        if not connection.is_down("broker"):
+            try:
+                return super().restore_unacked(client)
+            except self.channel.connection_errors as err:
+                connection.mark_down("broker", err)
+        running = _running_tags()
+        kept = 0
+        for tag, message in list(self._delivered.items()):
+            if str(tag) not in running:
+                keep(tag, _envelope(message), recorded=True)
+                kept += 1
+        self._delivered.clear()
+        if kept:
+            log.warning("broker unreachable: keeping %d prefetched message(s) to put back on reconnect", kept)
+        return None
+
+
+class HandoverChannelMixin:
+    """A Redis channel with :class:`HandoverQoS` and remembered connection parameters."""
+
+    QoS = HandoverQoS
+
+    def _connparams(self, asynchronous=False):
+        transport = self.connection
+        if transport is not None and transport.client is not None:
+            params = super()._connparams(asynchronous=asynchronous)
+            self.__dict__.setdefault("_resilience_connparams", {})[asynchronous] = dict(params)
+            return params
+        remembered = self.__dict__.get("_resilience_connparams", {}).get(asynchronous)
+        if remembered is None:
+            return super()._connparams(asynchronous=asynchronous)
+        return dict(remembered)
+
+
+_channel_classes: dict[type, type] = {}
+
+
+def use_on(conn) -> bool:
+    """Give a kombu connection's Redis transport the hand-over channel (before it connects).
+
+    Only the worker's consumer connection needs it; other transports are left as they are.
+    """
+    transport = conn.transport
+    base = getattr(transport, "Channel", None)
+    if not isinstance(transport, kombu_redis.Transport) or not isinstance(base, type) \
+            or not issubclass(base, kombu_redis.Channel):
+        return False
+    if issubclass(base, HandoverChannelMixin):
+        return True
+    with _lock:
+        cls = _channel_classes.get(base)
+        if cls is None:
+            cls = _channel_classes[base] = type(f"Handover{base.__name__}", (HandoverChannelMixin, base), {})
+    transport.Channel = cls
+    return True

@@ -1,0 +1,38 @@
+"""Celery's Redis result backend, with its connection state reported.
+
+The backend's client is built by Celery from the ``result_backend`` URL; this
+subclass only hands its connections a :class:`~resilience.connection.TrackedRetry`
+(redis-py's default policy for a client without one: no backoff, one retry),
+so the process's ``result_backend`` connection turns down when a command
+fails for a connection reason and up when one succeeds, like ``broker`` and
+``store``. Celery's own retry policy for storing results is unchanged.
+
+:func:`install` selects it through Celery's ``<backend class>+<url>`` form
+(``app.backend_cls``) for ``redis://`` and ``rediss://`` result backends when
+``FEATURE_ENHANCED_REDIS`` is on; the URL and every other setting stay as
+configured.
+"""
+
+from __future__ import annotations
+
+from celery.backends.redis import RedisBackend
+from redis.backoff import NoBackoff
+
+from resilience.connection import TrackedRetry
+from resilience.settings import Settings
+
+__all__ = ["TrackedRedisBackend", "install"]
+
+
+class TrackedRedisBackend(RedisBackend):
+    def _create_client(self, **params):
+        params.setdefault("retry", TrackedRetry("result_backend", NoBackoff(), 1))
+        return super()._create_client(**params)
+
+
+def install(app, settings: Settings) -> None:
+    if not settings.feature_enhanced_redis or app.backend_cls:
+        return
+    url = app.conf.result_backend
+    if isinstance(url, str) and url.split("://", 1)[0] in {"redis", "rediss"}:
+        app.backend_cls = f"{__name__}:{TrackedRedisBackend.__name__}+{url}"
