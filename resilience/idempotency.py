@@ -112,8 +112,23 @@ def owner(key: str) -> str | None:
 
 
 def submit_once(task, key: str, job_id: str, send: Callable[[str, str], Any]):
-    """Publish with ``send(job_id, key)`` unless ``key`` is owned; then the owner's ``AsyncResult``."""
-    existing = claim(key, job_id)
+    """Publish with ``send(job_id, key)`` unless ``key`` is owned; then the owner's ``AsyncResult``.
+
+    While Redis is unreachable the key cannot be claimed: the claim waits at
+    most ``PUBLISH_TIMEOUT_SEC`` and the job goes on to ``send`` with the
+    outage, which spools it (or raises ``BrokerUnavailable``). The spool
+    claims the key before it publishes the job, and drops the job if another
+    job owns the key by then.
+    """
+    from resilience import connection, outage
+
+    try:
+        existing = outage.call_bounded(lambda: claim(key, job_id))
+    except Exception as err:
+        if not connection.is_outage(err):
+            raise
+        connection.mark_down("store", err)
+        return send(job_id, key, unreachable=err)
     if existing is not None:
         log.debug("duplicate submission of %s absorbed by job %s (key %s)", task.name, existing, key)
         count("absorbed_submissions")

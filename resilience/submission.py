@@ -91,7 +91,7 @@ def submit(task, args, kwargs, *, task_id, producer, link, link_error, shadow,
     if resubmission and idempotency_key is None:
         idempotency_key = getattr(task.request, "idempotency_key", None)
 
-    def send(job_id: str, key: str | None):
+    def send(job_id: str, key: str | None, unreachable: BaseException | None = None):
         if key:
             headers = dict(options.get("headers") or {})
             headers["idempotency_key"] = key
@@ -104,7 +104,7 @@ def submit(task, args, kwargs, *, task_id, producer, link, link_error, shadow,
 
         if scheduler.wants_delay(options):
             return scheduler.schedule(task, args, kwargs, job_id, options, fallback=plain)
-        return outage.publish_guarded(task, args, kwargs, job_id, options, plain)
+        return outage.publish_guarded(task, args, kwargs, job_id, options, plain, unreachable=unreachable)
 
     if settings.feature_idempotency and not resubmission:
         from resilience import idempotency
