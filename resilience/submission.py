@@ -104,7 +104,10 @@ def submit(task, args, kwargs, *, task_id, producer, link, link_error, shadow,
 
         if scheduler.wants_delay(options):
             return scheduler.schedule(task, args, kwargs, job_id, options, fallback=plain)
-        return outage.publish_guarded(task, args, kwargs, job_id, options, plain, unreachable=unreachable)
+        # What the spool keeps to publish it later: the options plus callbacks (signatures are JSON dicts).
+        spooled = {**options, **{name: value for name, value in
+                                 (("link", link), ("link_error", link_error), ("shadow", shadow)) if value}}
+        return outage.publish_guarded(task, args, kwargs, job_id, spooled, plain, unreachable=unreachable)
 
     if settings.feature_idempotency and not resubmission:
         from resilience import idempotency

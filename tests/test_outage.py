@@ -223,3 +223,15 @@ def test_keyed_jobs_on_a_frozen_redis_are_spooled_in_bounded_time_and_the_key_st
     assert idempotency.owner("order-7") == first.id
     # Redis is back: a new submission with the key is a duplicate of the first, as always.
     assert mark.apply_async((marks_path, 1), idempotency_key="order-7").id == first.id
+
+
+def test_a_spooled_job_keeps_its_callbacks(app, redis_server, marks_path):
+    with configure(publish_timeout_sec=5.0), in_process_worker(app):
+        redis_server.stop()
+        job = mark.apply_async((marks_path, 1), link=mark.si(marks_path, 2))
+        assert spool.count() == 1
+        redis_server.restart()
+        wait_for(lambda: len(marks(marks_path)) == 2, timeout=60,
+                 message=lambda: f"the job and its callback to run ({marks(marks_path)})")
+    counts = marks(marks_path)
+    assert counts[job.id] == 1 and sorted(counts.values()) == [1, 1]
