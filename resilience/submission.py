@@ -102,12 +102,19 @@ def submit(task, args, kwargs, *, task_id, producer, link, link_error, shadow,
             return publish(args, kwargs, task_id=job_id, producer=overrides.pop("producer", producer), link=link,
                            link_error=link_error, shadow=shadow, **{**options, **overrides})
 
+        target = plain
         if scheduler.wants_delay(options):
-            return scheduler.schedule(task, args, kwargs, job_id, options, fallback=plain)
+            if resubmission:
+                # A retry or a deferral: it needs the running job's request (thread-local), so it
+                # is not moved to a bounded helper thread or spooled (kombu keeps its message meanwhile).
+                return scheduler.schedule(task, args, kwargs, job_id, options, fallback=plain)
+
+            def target():  # the durable delayed run, kept in Redis until due
+                return scheduler.schedule(task, args, kwargs, job_id, options, fallback=plain)
         # What the spool keeps to publish it later: the options plus callbacks (signatures are JSON dicts).
         spooled = {**options, **{name: value for name, value in
                                  (("link", link), ("link_error", link_error), ("shadow", shadow)) if value}}
-        return outage.publish_guarded(task, args, kwargs, job_id, spooled, plain, unreachable=unreachable)
+        return outage.publish_guarded(task, args, kwargs, job_id, spooled, target, unreachable=unreachable)
 
     if settings.feature_idempotency and not resubmission:
         from resilience import idempotency

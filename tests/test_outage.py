@@ -235,3 +235,19 @@ def test_a_spooled_job_keeps_its_callbacks(app, redis_server, marks_path):
                  message=lambda: f"the job and its callback to run ({marks(marks_path)})")
     counts = marks(marks_path)
     assert counts[job.id] == 1 and sorted(counts.values()) == [1, 1]
+
+
+def test_a_delayed_job_submitted_during_an_outage_is_spooled_and_runs_when_due(app, redis_server, marks_path):
+    with configure(publish_timeout_sec=5.0), in_process_worker(app):
+        redis_server.stop()
+        submitted = time.time()
+        job = mark.apply_async((marks_path, 1), countdown=3)
+        [spooled] = spool.oldest()
+        assert spooled.job_id == job.id and "countdown" not in spooled.options
+        # Due three seconds after the submission, however long the outage lasts.
+        from datetime import datetime
+
+        assert abs(datetime.fromisoformat(spooled.options["eta"]).timestamp() - (submitted + 3)) < 1
+        redis_server.restart()
+        wait_for(lambda: marks(marks_path).get(job.id) == 1, timeout=60, message="the delayed job to run")
+    assert marks(marks_path) == {job.id: 1}
