@@ -185,12 +185,23 @@ def _send_loop(sender: _Sender) -> None:
             _safely(send_due_summaries)
 
 
+#: Names of background steps whose last run failed: reported once per streak, not every poll.
+_failing: set[str] = set()
+
+
 def _safely(fn, *args: Any) -> Any:
+    name = getattr(fn, "__name__", str(fn))
     try:
-        return fn(*args)
+        result = fn(*args)
     except Exception as exc:
-        log.warning("alerts: %s failed: %s", getattr(fn, "__name__", fn), exc)
+        level = logging.DEBUG if name in _failing else logging.WARNING
+        _failing.add(name)
+        log.log(level, "alerts: %s failed: %s", name, exc)
         return None
+    if name in _failing:
+        _failing.discard(name)
+        log.warning("alerts: %s works again", name)
+    return result
 
 
 def _deliver(sender: _Sender, rule: str, subject: str, payload: dict[str, Any]) -> None:

@@ -111,7 +111,10 @@ class CutProxy:
         self._closed = True
         self.cut()
         with contextlib.suppress(OSError):
+            self._listener.shutdown(socket.SHUT_RDWR)  # wakes the accept thread, which then ends
+        with contextlib.suppress(OSError):
             self._listener.close()
+        self._thread.join(5)
 
     def __enter__(self) -> CutProxy:
         return self

@@ -2,7 +2,8 @@
 
 The backend's client is built by Celery from the ``result_backend`` URL; this
 subclass only hands its connections a :class:`~resilience.connection.TrackedRetry`
-(redis-py's default policy for a client without one: no backoff, one retry),
+with redis-py's default policy for a client without one (no retry: Celery's
+result store and result consumer do their own reconnecting),
 so the process's ``result_backend`` connection turns down when a command
 fails for a connection reason and up when one succeeds, like ``broker`` and
 ``store``. Celery's own retry policy for storing results is unchanged.
@@ -26,7 +27,7 @@ __all__ = ["TrackedRedisBackend", "install"]
 
 class TrackedRedisBackend(RedisBackend):
     def _create_client(self, **params):
-        params.setdefault("retry", TrackedRetry("result_backend", NoBackoff(), 1))
+        params.setdefault("retry", TrackedRetry("result_backend", NoBackoff(), 0))
         return super()._create_client(**params)
 
 

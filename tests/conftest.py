@@ -44,11 +44,13 @@ def _fresh_redis(redis_server):
     redis_server.thaw()
     if not redis_server.ping():
         redis_server.restart()
+    from resilience import connection
     from resilience.store import get_redis, reset_redis
 
     reset_settings()
     reset_redis()
     get_redis().flushall()
+    connection.reset()  # this process's view of its connections starts up, as in a new process
     yield
     redis_server.thaw()
     if not redis_server.ping():

@@ -156,5 +156,8 @@ def test_counts_of_a_killed_pool_process_stay_counted(app, log_dir, r):
 
         wait_for(replaced, timeout=60, message="replacement pool processes")
         add.delay(9, 9).get(timeout=60)
+        # The result is stored before task_success counts the job: wait for the count, not the result.
+        wait_for(lambda: value(scrape(url), "resilience_jobs_succeeded_total", task="tests.add") >= 5,
+                 timeout=30, message="the fifth success to be counted")
         samples = scrape(url)
     assert value(samples, "resilience_jobs_succeeded_total", task="tests.add") == 5
