@@ -13,6 +13,7 @@
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import signal
 import subprocess
@@ -220,3 +221,16 @@ class SubprocessWorker:
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
+
+
+def worker_health_url(r, worker: SubprocessWorker, timeout: float = 60.0) -> str:
+    """The health server URL a subprocess worker registered in ``workers:health``."""
+    from resilience.keys import keys
+
+    def registered():
+        for wid, raw in r.hgetall(keys().worker_health).items():
+            if wid.startswith(worker.name + "|"):
+                return json.loads(raw)["url"]
+        return None
+
+    return wait_for(registered, timeout=timeout, message=f"the health registration of {worker.name}")

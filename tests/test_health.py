@@ -15,7 +15,8 @@ from resilience import health
 from resilience.healthserver import candidate_ports
 from resilience.keys import keys
 from resilience.settings import load_settings
-from resilience.testing import SubprocessWorker, configure, free_port, in_process_worker, settings_env, wait_for
+from resilience.testing import (SubprocessWorker, configure, free_port, in_process_worker, settings_env, wait_for,
+                                worker_health_url)
 
 FAST = dict(health_port=0, health_refresh_interval_sec=0.2, health_redis_timeout_sec=0.3)
 
@@ -141,14 +142,17 @@ def test_a_worker_that_stops_consuming_answers_503(app):
         wait_for(answers(url, "/health", 200), timeout=20, message="/health 200 when consuming again")
 
 
-def test_workers_on_one_host_take_successive_ports(app):
+@pytest.mark.slow
+def test_workers_on_one_host_take_successive_ports(r, log_dir):
+    # Separate processes, as workers on one host are (in-process workers would share Celery's state).
     base = free_port()
-    with configure(health_port=base, health_port_tries=10, health_refresh_interval_sec=0.2):
-        with in_process_worker(app) as first, in_process_worker(app) as second:
-            ports = {first.resilience_health.server.port, second.resilience_health.server.port}
-            assert len(ports) == 2 and ports <= set(range(base, base + 10))
-            for worker in (first, second):
-                wait_for(answers(probe_url(worker), "/health", 200), timeout=30, message="both answer")
+    env = settings_env(health_port=base, health_port_tries=10, health_refresh_interval_sec=0.2)
+    with SubprocessWorker(log_dir, env=env) as first, SubprocessWorker(log_dir, env=env) as second:
+        urls = [worker_health_url(r, worker) for worker in (first, second)]
+        ports = {int(url.rsplit(":", 1)[1]) for url in urls}
+        assert len(ports) == 2 and ports <= set(range(base, base + 10))
+        for url in urls:
+            wait_for(answers(url, "/health", 200), timeout=30, message="both answer")
 
 
 def test_the_port_rule_tries_upward_or_lets_the_os_choose():

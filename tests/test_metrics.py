@@ -14,7 +14,7 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from resilience.keys import keys
-from resilience.testing import SubprocessWorker, settings_env, wait_for
+from resilience.testing import SubprocessWorker, settings_env, wait_for, worker_health_url
 
 
 def scrape(url: str) -> dict[tuple[str, tuple], float]:
@@ -43,16 +43,6 @@ def _log_on_failure(worker: SubprocessWorker):
         raise
 
 
-def health_url(r, worker: SubprocessWorker) -> str:
-    def registered():
-        for wid, raw in r.hgetall(keys().worker_health).items():
-            if wid.startswith(worker.name + "|"):
-                return json.loads(raw)["url"]
-        return None
-
-    return wait_for(registered, timeout=60, message="the worker's health registration")
-
-
 @pytest.mark.slow
 def test_metrics_counters_match_a_run_of_known_jobs_on_prefork(app, log_dir, r):
     from tests.jobs import add, fail_permanent, fail_transient
@@ -63,7 +53,7 @@ def test_metrics_counters_match_a_run_of_known_jobs_on_prefork(app, log_dir, r):
                        FEATURE_IDEMPOTENCY=False)
     with SubprocessWorker(log_dir, env=env, concurrency=2, pool="prefork", include=["tests.jobs"]) as worker, \
             _log_on_failure(worker):
-        url = health_url(r, worker)
+        url = worker_health_url(r, worker)
         assert f":{url.rsplit(':', 1)[1]}" in worker.log()  # the chosen port is logged too
 
         for n in range(3):
@@ -142,7 +132,7 @@ def test_counts_of_a_killed_pool_process_stay_counted(app, log_dir, r):
     env = settings_env(HEALTH_PORT=0, HEALTH_REFRESH_INTERVAL_SEC=0.2)
     with SubprocessWorker(log_dir, env=env, concurrency=2, pool="prefork", include=["tests.jobs"]) as worker, \
             _log_on_failure(worker):
-        url = health_url(r, worker)
+        url = worker_health_url(r, worker)
         for n in range(4):
             add.delay(n, n).get(timeout=60)
         before = worker.pool_pids()
