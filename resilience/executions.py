@@ -117,7 +117,7 @@ def begin(task, args, kwargs, *, now: float | None = None) -> Decision:
             ],
         )
     except Exception as err:
-        if connection.is_outage(err):
+        if connection.is_outage(err) and settings.feature_enhanced_redis:
             # The claim may have landed with its reply lost: withdraw exactly it once Redis
             # answers, or every redelivery would find the job "running" on this live worker.
             job_id = request.id
@@ -156,7 +156,7 @@ def finish(task, outcome: str, *, attempt: int | None = None, now: float | None 
     try:
         write()
     except Exception as err:
-        if pipe is not None or not connection.is_outage(err):
+        if pipe is not None or not connection.is_outage(err) or not settings.feature_enhanced_redis:
             raise
         # The run is over whatever Redis says: record its outcome when Redis is back.
         connection.mark_down("store", err)

@@ -27,7 +27,7 @@ from __future__ import annotations
 import concurrent.futures
 import logging
 import threading
-from datetime import datetime, timedelta, timezone
+from datetime import datetime
 from collections.abc import Callable
 from typing import Any
 
@@ -103,11 +103,7 @@ def publish_guarded(task, args, kwargs, job_id: str, options: dict[str, Any], pu
 
 def _spool(task, args, kwargs, job_id: str, options: dict[str, Any], *, reason: str):
     options = {k: v for k, v in options.items() if k not in {"producer", "connection"}}
-    if options.get("countdown") is not None:
-        # Due relative to the submission, not to when the spool is flushed.
-        due = datetime.now(timezone.utc) + timedelta(seconds=float(options.pop("countdown")))
-        options["eta"] = due.isoformat()
-    elif isinstance(options.get("eta"), datetime):
+    if isinstance(options.get("eta"), datetime):
         options["eta"] = options["eta"].isoformat()
     n = spool.append(task.name, args, kwargs, job_id, options)
     log.info("spooled job %s of %s (%d waiting): %s", job_id, task.name, n, reason)

@@ -55,6 +55,10 @@ class ResilientRequest(Request):
         run that never started runs, and the execution guard acknowledges a
         redelivery of a run whose outcome was recorded.
         """
+        from resilience.settings import get_settings
+
+        if not get_settings().feature_enhanced_redis:
+            return False  # Celery's own behaviour: acknowledged as failed
         if not self.task.acks_late or (return_ok and not getattr(exc_info, "internal", False)):
             return False  # the body raised: the job's own failure, handled by its retry policy
         exc = getattr(exc_info, "exception", None)

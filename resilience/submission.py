@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import json
 import uuid
+from datetime import datetime, timedelta, timezone
 from collections.abc import Callable
 from typing import Any
 
@@ -114,6 +115,9 @@ def submit(task, args, kwargs, *, task_id, producer, link, link_error, shadow,
         # What the spool keeps to publish it later: the options plus callbacks (signatures are JSON dicts).
         spooled = {**options, **{name: value for name, value in
                                  (("link", link), ("link_error", link_error), ("shadow", shadow)) if value}}
+        if spooled.get("countdown") is not None:  # due relative to now, however late the spool is flushed
+            due = datetime.now(timezone.utc) + timedelta(seconds=float(spooled.pop("countdown")))
+            spooled["eta"] = due.isoformat()
         return outage.publish_guarded(task, args, kwargs, job_id, spooled, target, unreachable=unreachable)
 
     if settings.feature_idempotency and not resubmission:

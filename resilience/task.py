@@ -151,7 +151,7 @@ class ResilientTask(Task):
         try:
             decision = executions.begin(self, args, kwargs)
         except Exception as err:
-            if not connection.is_outage(err):
+            if not (connection.is_outage(err) and get_settings().feature_enhanced_redis):
                 raise
             # Nothing ran yet: put the message back rather than fail a job Redis never saw start.
             connection.mark_down("store", err)
