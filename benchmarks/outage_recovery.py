@@ -24,10 +24,6 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 
-def hold_outage(seconds: float) -> None:
-    """Keep Redis down for the scenario's stated duration (not synchronisation)."""
-    time.sleep(seconds)
-
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -42,7 +38,7 @@ def main() -> None:
     server = RedisServerProcess(binary=find_redis_binary(load_settings()), directory=workdir / "redis").start()
     os.environ.update({"REDIS_URL": server.url, "RESILIENCE_DATA_DIR": str(workdir / "data"),
                        "PYTHONPATH": str(ROOT)})
-    from resilience.testing import SubprocessWorker, wait_for
+    from resilience.testing import SubprocessWorker, hold_outage, wait_for
     from tests.outage_jobs import marks
 
     import tasks  # noqa: F401 - the app, configured from the environment above

@@ -39,7 +39,6 @@ from __future__ import annotations
 
 import logging
 import threading
-from dataclasses import dataclass
 
 from kombu.transport import redis as kombu_redis
 from kombu.transport import virtual
@@ -53,20 +52,19 @@ log = logging.getLogger(__name__)
 __all__ = ["HandoverQoS", "HandoverChannelMixin", "use_on", "keep", "pending", "restore_pending"]
 
 
-@dataclass(frozen=True)
-class _Held:
-    envelope: list | None  # [payload, exchange, routing key], as kombu stores it in ``unacked``
-    recorded: bool  # whether kombu's ``unacked`` entry was written
-
-
 _lock = threading.Lock()
-_held: dict[str, _Held] = {}
+#: delivery tag -> the ``[payload, exchange, routing key]`` envelope of a message
+#: never recorded in ``unacked``, or None for one that is (put back from its entry).
+_held: dict[str, list | None] = {}
 
 
-def keep(tag: str, envelope: list | None, *, recorded: bool) -> None:
-    """Hold a message this worker could not keep in Redis until it can be put back."""
+def keep(tag: str, envelope: list | None = None) -> None:
+    """Hold a message this worker could not keep in Redis until it can be put back.
+
+    ``envelope`` only for a message kombu never recorded in ``unacked``.
+    """
     with _lock:
-        _held[str(tag)] = _Held(envelope, recorded)
+        _held[str(tag)] = envelope
 
 
 def pending() -> int:
@@ -84,11 +82,11 @@ def restore_pending(r=None) -> int:
         held = dict(_held)
     if not held:
         return 0
-    candidates = [unacked.Candidate(tag, fallback=None if h.recorded else h.envelope) for tag, h in held.items()]
+    candidates = [unacked.Candidate(tag, fallback=envelope) for tag, envelope in held.items()]
     restored = unacked.restore(r or get_redis(), candidates, broker_transport_options())
     with _lock:
-        for tag in held:
-            if _held.get(tag) is held[tag]:
+        for tag, envelope in held.items():
+            if tag in _held and _held[tag] is envelope:  # not kept again meanwhile
                 del _held[tag]
     for done in restored:
         headers = done.payload.get("headers") or {}
@@ -121,7 +119,7 @@ class HandoverQoS(kombu_redis.QoS):
         try:
             super().append(message, delivery_tag)
         except self.channel.connection_errors:
-            keep(delivery_tag, _envelope(message), recorded=False)
+            keep(delivery_tag, _envelope(message))
             log.warning("broker connection lost while recording message %s as delivered; "
                         "it is kept and put back when the broker is reachable", delivery_tag)
             raise
@@ -133,7 +131,7 @@ class HandoverQoS(kombu_redis.QoS):
             if not requeue:
                 raise
         # The message stays in ``unacked``: hand it over instead of failing the requeue.
-        keep(delivery_tag, None, recorded=True)
+        keep(delivery_tag)
         virtual.QoS.ack(self, delivery_tag)
         log.warning("broker unreachable: message %s will go back on its queue on reconnect", delivery_tag)
         return None
@@ -146,9 +144,9 @@ class HandoverQoS(kombu_redis.QoS):
                 connection.mark_down("broker", err)
         running = _running_tags()
         kept = 0
-        for tag, message in list(self._delivered.items()):
+        for tag in list(self._delivered):
             if str(tag) not in running:
-                keep(tag, _envelope(message), recorded=True)
+                keep(tag)
                 kept += 1
         self._delivered.clear()
         if kept:

@@ -223,6 +223,16 @@ class SubprocessWorker:
         self.stop()
 
 
+def hold_outage(seconds: float) -> None:
+    """Keep Redis away for a scenario's stated duration.
+
+    An outage's length is part of the scenario (a 5 s outage, one longer than
+    the clients' retries), not synchronisation: tests wait on conditions with
+    :func:`wait_for`, and use this only to say how long Redis stays down.
+    """
+    time.sleep(seconds)
+
+
 def worker_health_url(r, worker: SubprocessWorker, timeout: float = 60.0) -> str:
     """The health server URL a subprocess worker registered in ``workers:health``."""
     from resilience.keys import keys

@@ -44,9 +44,8 @@ def marks(path: str) -> dict[str, int]:
 @app.task(bind=True, name="tests.outage.gated_mark")
 def gated_mark(self, path: str, started_path: str, gate_path: str) -> None:
     """Say it started, hold until ``gate_path`` exists (a test opens the gate), then mark."""
-    import time
+    from resilience.testing import wait_for
 
     append_line(started_path, self.request.id)
-    while not os.path.exists(gate_path):
-        time.sleep(0.05)  # the job's own work: waiting for its input
+    wait_for(lambda: os.path.exists(gate_path), timeout=120, message=f"the gate {gate_path}")
     append_line(path, self.request.id)

@@ -8,7 +8,6 @@ default 12 h: the worker itself must put the messages back.
 
 from __future__ import annotations
 
-import time
 import uuid
 
 import pytest
@@ -16,7 +15,7 @@ import pytest
 from resilience import executions
 from resilience.cutproxy import CutProxy
 from resilience.store import load_script
-from resilience.testing import SubprocessWorker, wait_for
+from resilience.testing import SubprocessWorker, hold_outage, wait_for
 from tests.outage_jobs import gated_mark, mark, marks
 
 pytestmark = pytest.mark.slow
@@ -37,11 +36,6 @@ def _worker(log_dir, proxy: CutProxy, *extra: str) -> SubprocessWorker:
 #: An outage that outlasts the clients' own retries (Celery's result backend gives up
 #: after PUBLISH_TIMEOUT_SEC, 2 s by default; redis-py after 3 quick attempts).
 OUTAGE_PAST_RETRIES_SEC = 6.0
-
-
-def hold_outage(seconds: float) -> None:
-    """Keep Redis cut off for the scenario's stated duration (part of the scenario, not synchronisation)."""
-    time.sleep(seconds)
 
 
 def _noticed_the_loss(worker: SubprocessWorker) -> bool:

@@ -21,7 +21,7 @@ import redis
 
 from resilience import spool
 from resilience.embedded import RedisServerProcess
-from resilience.testing import SubprocessWorker, configure, wait_for
+from resilience.testing import SubprocessWorker, configure, hold_outage, wait_for
 from tests.outage_jobs import mark, marks
 
 # One test process runs both, one after the other: two chaos runs at once would share two cores.
@@ -36,10 +36,6 @@ def aof_before_replies(server: RedisServerProcess) -> None:
     finally:
         client.close()
 
-
-def hold_outage(seconds: float) -> None:
-    """Keep Redis down for the scenario's stated duration (part of the scenario, not synchronisation)."""
-    time.sleep(seconds)
 
 
 @pytest.fixture
