@@ -54,6 +54,7 @@ from resilience.keys import keys
 from resilience.redact import redact, redact_text
 from resilience.settings import Settings, get_settings
 from resilience.store import load_script
+from resilience.platform_tasks import EVALUATE_ALERTS, add_beat_entry
 
 __all__ = [
     "LEVELS", "SIGNATURE_HEADER", "alert", "build_payload", "check_webhook", "flush", "post", "send_due_summaries",
@@ -341,9 +342,5 @@ def install(app: Any, settings: Settings) -> None:
 
     signals.worker_ready.connect(_check_webhook_in_background, dispatch_uid="resilience.alerts.check_webhook",
                                  weak=False)
-    app.conf.beat_schedule["resilience-alerts-evaluate"] = {
-        "task": "resilience.alerts.evaluate",
-        "schedule": float(settings.alert_evaluate_interval_sec),
-        # behind a backlog, a stale evaluation is dropped rather than run late, many times over
-        "options": {"expires": float(settings.alert_evaluate_interval_sec)},
-    }
+    add_beat_entry(app, settings, EVALUATE_ALERTS, settings.alert_evaluate_interval_sec,
+                   expires=settings.alert_evaluate_interval_sec)

@@ -19,6 +19,7 @@ from datetime import timedelta
 from typing import Any
 
 from resilience.keys import keys
+from resilience.platform_tasks import BEAT_PULSE, add_beat_entry
 from resilience.settings import Settings, get_settings
 
 __all__ = ["PULSE_TASK", "STARTED_FIELD", "check", "install"]
@@ -26,7 +27,7 @@ __all__ = ["PULSE_TASK", "STARTED_FIELD", "check", "install"]
 log = logging.getLogger(__name__)
 
 #: The no-op task beat publishes as its pulse (defined in ``tasks/platform.py``).
-PULSE_TASK = "resilience.beat_pulse"
+PULSE_TASK = BEAT_PULSE
 #: Field of ``beat:published`` set when beat starts.
 STARTED_FIELD = "_beat_started"
 LATE_FACTOR = 3
@@ -106,9 +107,6 @@ def install(app, settings: Settings) -> None:
     """Beat's pulse entry and the recording of its publishes."""
     from celery import signals
 
-    app.conf.beat_schedule[PULSE_TASK] = {
-        "task": PULSE_TASK,
-        "schedule": settings.health_beat_pulse_sec,
-        "options": {"expires": settings.health_beat_pulse_sec * LATE_FACTOR},
-    }
+    add_beat_entry(app, settings, PULSE_TASK, settings.health_beat_pulse_sec,
+                   expires=settings.health_beat_pulse_sec * LATE_FACTOR)
     signals.beat_init.connect(_on_beat_init, weak=False, dispatch_uid="resilience.beatprobe.init")

@@ -32,8 +32,10 @@ from typing import Any
 
 from resilience.keys import keys
 from resilience.redact import redact
+from resilience.runtime import app_or_bound, transport_options
 from resilience.settings import get_settings
 from resilience.store import get_redis, load_script
+from resilience.platform_tasks import TRIM_DEAD_LETTERS, add_beat_entry
 
 __all__ = [
     "REQUIRED_FIELDS", "Entry", "Filter", "build_entry", "bury", "bury_entry", "list_entries", "get",
@@ -98,20 +100,16 @@ def build_entry(task, args, kwargs, exc: BaseException | None, reason: str) -> d
     }
 
 
-def broker_transport_options() -> dict:
-    try:
-        from tasks.app import app
-
-        return dict(app.conf.broker_transport_options or {})
-    except Exception:  # noqa: BLE001 - kombu's defaults then
-        return {}
+def broker_transport_options(app=None) -> dict:
+    """The transport options of ``app`` (default: the app given to ``install()``)."""
+    return transport_options(app_or_bound(app))
 
 
 def _bury_script(entry_json: str, *, job_id: str, owner: str, attempt: int, idempotency_key: str | None,
-                 release_key: bool, delivery_tag: str | None, pipe=None) -> int:
+                 release_key: bool, delivery_tag: str | None, app=None, pipe=None) -> int:
     settings = get_settings()
     k = keys()
-    transport = broker_transport_options()
+    transport = broker_transport_options(app)
     key = k.idempotency(idempotency_key) if idempotency_key else k.idempotency("")
     return load_script("deadletter_bury")(
         keys=[k.dead_letter, k.job_state(job_id), k.active, k.active_deadlines, key,
@@ -140,14 +138,14 @@ def bury(task, args, kwargs, exc: BaseException | None, reason: str) -> dict[str
     _bury_script(json.dumps(entry, default=str) if write else "", job_id=request.id, owner=owner_of(task),
                  attempt=request.retries or 0, idempotency_key=getattr(request, "idempotency_key", None),
                  release_key=getattr(task, "release_key_on_dead_letter", True),
-                 delivery_tag=properties.get("delivery_tag"))
+                 delivery_tag=properties.get("delivery_tag"), app=task.app)
     log.error("job %s (%s) %s: %s", entry["job_id"], entry["task"],
               "dead-lettered" if write else "failed for good (no dead-letter entry)", entry["failure_reason"])
     return entry if write else None
 
 
 def bury_entry(entry: dict[str, Any], *, job_id: str | None = None, worker_id: str | None = None,
-               delivery_tag: str | None = None, release_key: bool = True, pipe=None) -> None:
+               delivery_tag: str | None = None, release_key: bool = True, app=None, pipe=None) -> None:
     """Dead-letter a job outside its run (the stuck-job sweep), atomically like :func:`bury`.
 
     ``entry`` has the contract's fields (redacted here; ``failed_at`` filled
@@ -155,7 +153,8 @@ def bury_entry(entry: dict[str, Any], *, job_id: str | None = None, worker_id: s
     to close; ``worker_id`` limits the ``jobs:active`` removal to that run
     (None removes it whoever owns it); ``delivery_tag`` removes the message
     from kombu's ``unacked``; the idempotency key in ``entry["options"]`` is
-    released when ``release_key`` and the job still owns it.
+    released when ``release_key`` and the job still owns it. ``app`` names
+    kombu's keys (default: the app given to ``install()``).
     """
     entry = dict(entry)
     entry["args"] = redact(entry.get("args") or [])
@@ -170,7 +169,7 @@ def bury_entry(entry: dict[str, Any], *, job_id: str | None = None, worker_id: s
     write = get_settings().feature_dead_letter
     _bury_script(json.dumps(entry, default=str) if write else "", job_id=job_id, owner=worker_id or "",
                  attempt=int(entry.get("retry_count") or 0), idempotency_key=options.get("idempotency_key"),
-                 release_key=release_key, delivery_tag=delivery_tag, pipe=pipe)
+                 release_key=release_key, delivery_tag=delivery_tag, app=app, pipe=pipe)
 
 
 # -- reading -----------------------------------------------------------------------------
@@ -307,8 +306,7 @@ def fresh_envelope(data: dict[str, Any], app=None) -> tuple[str, str]:
     """The queue key and kombu envelope that re-runs a dead-lettered job as a fresh attempt."""
     from resilience.scheduler import capture_message
 
-    if app is None:
-        from tasks.app import app
+    app = app_or_bound(app)
     options = data.get("options") if isinstance(data.get("options"), dict) else {}
     headers = {}
     if options.get("idempotency_key"):
@@ -344,8 +342,7 @@ def replay_entry(entry: Entry, app=None) -> bool:
     """
     if entry.data is None:
         raise ValueError(f"entry {entry.index} is malformed ({entry.problem}); it cannot be replayed")
-    if app is None:
-        from tasks.app import app
+    app = app_or_bound(app)
     job_id = str(entry.data["job_id"])
     queue_key, envelope = fresh_envelope(entry.data, app)
     k = keys()
@@ -469,7 +466,4 @@ def trim(*, now: float | None = None, ttl_days: float | None = None, max_entries
 
 def install(app, settings) -> None:
     """Beat trims the dead-letter queue (retention and cap) on a timer."""
-    app.conf.beat_schedule["resilience.trim-dead-letters"] = {
-        "task": "resilience.trim_dead_letters",
-        "schedule": settings.dead_letter_trim_interval_sec,
-    }
+    add_beat_entry(app, settings, TRIM_DEAD_LETTERS, settings.dead_letter_trim_interval_sec)

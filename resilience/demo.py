@@ -14,13 +14,28 @@ import threading
 import time
 from collections import Counter
 from dataclasses import dataclass, field
+from typing import Any
 
 from rich.console import Console, Group
 from rich.live import Live
 from rich.panel import Panel
 from rich.table import Table
 
+from resilience.runtime import BUNDLED_APP, load_app
 from resilience.supervisor import Platform
+
+#: Hash of the demo jobs' run counts (``demo:executions``, under the key prefix).
+DEMO_COUNTS = "demo:executions"
+
+
+class _DemoJobs:
+    """The demo's jobs, by name, on the app that runs them (the bundled app's ``demo.*``)."""
+
+    def __init__(self, app: Any) -> None:
+        self._app = app
+
+    def __getattr__(self, name: str) -> Any:
+        return self._app.tasks[f"demo.{name}"]
 
 
 @dataclass
@@ -34,11 +49,12 @@ class Demo:
     outage_note: str = ""
     _stop: threading.Event = field(default_factory=threading.Event)
     alert_receiver: object | None = None
+    app_spec: str = BUNDLED_APP
+    app: Any = None
 
     def workload(self) -> None:
         """Submit the mix until stopped: each kind shows a feature."""
-        from tasks import demo
-
+        demo = _DemoJobs(self.app)
         interval = 1.0 / max(self.rate, 0.1)
         from resilience.flakyapi import FlakyAPI
 
@@ -77,7 +93,6 @@ class Demo:
     def executions(self) -> dict[str, int]:
         from resilience.keys import keys
         from resilience.store import get_redis
-        from tasks.demo import DEMO_COUNTS
 
         return {k: int(v) for k, v in get_redis().hgetall(keys().custom(DEMO_COUNTS)).items()}
 
@@ -102,7 +117,6 @@ class Demo:
 
     def view(self, platform: Platform, started: float):
         from resilience.status import collect, render
-        from tasks.app import app
 
         runs = self.executions()
         table = Table(title="Demo workload")
@@ -124,7 +138,7 @@ class Demo:
                   + (f"  |  Flower http://127.0.0.1:{platform.settings.flower_port} "
                      f"({platform.flower_credentials})" if platform.flower_credentials else "")
                   + "  |  Ctrl-C stops")
-        parts = [Panel(header), Panel(self.producer_line()), table, done, render(collect(app))]
+        parts = [Panel(header), Panel(self.producer_line()), table, done, render(collect(self.app))]
         if self.alert_receiver is not None:
             from resilience.webhook_receiver import render_alerts
 
@@ -135,10 +149,11 @@ class Demo:
         from resilience.webhook_receiver import start_demo_receiver
 
         self.alert_receiver = start_demo_receiver()  # alerts shown live when no webhook is configured
-        platform = Platform(flower=self.flower, log_to_files=True).start()
-        # Import the app before the workload thread does: two threads importing
-        # it at once deadlock on the module lock.
-        import tasks.demo  # noqa: F401
+        platform = Platform(app_spec=self.app_spec, flower=self.flower, log_to_files=True).start()
+        # Import the app and its job modules before the workload thread uses them: two
+        # threads importing one module at once deadlock on the module lock.
+        self.app = load_app(self.app_spec)
+        self.app.loader.import_default_modules()
 
         console = Console()
         started = time.monotonic()

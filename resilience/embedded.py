@@ -16,6 +16,7 @@ import contextlib
 import fcntl
 import importlib.util
 import json
+import logging
 import os
 import shutil
 import signal
@@ -28,10 +29,13 @@ from pathlib import Path
 
 import redis
 
-from resilience.errors import EmbeddedRedisError
+from resilience.errors import EmbeddedRedisError, RedisNotRunning
 from resilience.settings import Settings, get_settings
 
-__all__ = ["RedisServerProcess", "embedded_url", "ensure_embedded", "find_redis_binary", "stop_embedded"]
+__all__ = ["RedisServerProcess", "embedded_url", "ensure_embedded", "find_redis_binary", "forbid_autostart",
+           "started_here", "stop_embedded", "stop_on_exit_by_caller"]
+
+log = logging.getLogger(__name__)
 
 ADDRESS_FILE = "redis.json"
 LOCK_FILE = "redis.lock"
@@ -237,10 +241,14 @@ def embedded_url(settings: Settings | None = None) -> str | None:
     """The address of the data dir's running embedded Redis, or None."""
     settings = settings or get_settings()
     record = _read_address(_data_dir(settings))
-    if not record or not _pid_alive(int(record.get("pid", 0))):
+    try:
+        pid, port, url = int(record["pid"]), int(record["port"]), str(record["url"])
+    except (TypeError, KeyError, ValueError):  # no record, or one that is not ours to trust
         return None
-    server = RedisServerProcess(binary="", directory=Path(), port=int(record["port"]))
-    return record["url"] if server.ping() else None
+    if pid <= 0 or not _pid_alive(pid):
+        return None
+    server = RedisServerProcess(binary="", directory=Path(), port=port)
+    return url if server.ping() else None
 
 
 @contextlib.contextmanager
@@ -254,22 +262,70 @@ def _locked(data_dir: Path):
             fcntl.flock(handle, fcntl.LOCK_UN)
 
 
-def ensure_embedded(settings: Settings | None = None) -> tuple[str, int | None]:
+_autostart = True
+_owner = False
+_started_pid: int | None = None
+
+
+def stop_on_exit_by_caller() -> None:
+    """This process stops what it starts (``resilience up``): no "left running" warning."""
+    global _owner
+    _owner = True
+
+
+def started_here() -> int | None:
+    """Pid of the embedded redis-server this process started, if it started one."""
+    return _started_pid
+
+
+def forbid_autostart(forbid: bool = True) -> bool:
+    """From now on this process only uses an embedded Redis that already runs
+    (``forbid=False`` allows starting one again); returns the previous setting.
+
+    Read-only commands (``status``, ``dlq``, ``sweep`` ...) call this: with
+    nothing running they say so and exit instead of leaving a server behind.
+    """
+    global _autostart
+    previous = not _autostart
+    _autostart = not forbid
+    return previous
+
+
+def _not_running(data_dir: Path) -> RedisNotRunning:
+    return RedisNotRunning(
+        f"no Redis to talk to: REDIS_URL is not set and no embedded redis-server runs for {data_dir} "
+        "(start the platform with `resilience up`, or set REDIS_URL)")
+
+
+def ensure_embedded(settings: Settings | None = None, *, announce: bool = True) -> tuple[str, int | None]:
     """Start the data dir's redis-server unless it runs; return (url, pid we started).
 
     The server is detached from the caller's session, so it outlives a
-    short-lived command; ``resilience up`` stops it on exit if it started it.
-    It comes back on its previous port when that port is free, so clients that
-    cached the address reconnect.
+    short-lived command and serves the platform's other processes (worker,
+    beat, producers) through the address in the data dir. ``resilience up``
+    stops it on exit if it started it; any other starter logs a warning that
+    names it and how to stop it (``resilience down``), unless ``announce`` is
+    False. It comes back on its previous port when that port is free, so
+    clients that cached the address reconnect. A process that called
+    :func:`forbid_autostart` gets :class:`~resilience.errors.RedisNotRunning`
+    instead of a new server.
     """
     settings = settings or get_settings()
     data_dir = _data_dir(settings)
+    url = embedded_url(settings)
+    if url:
+        return url, None
+    if not _autostart:
+        raise _not_running(data_dir)
     with _locked(data_dir):
         url = embedded_url(settings)
         if url:
             return url, None
-        previous = _read_address(data_dir) or {}
-        port = int(previous.get("port") or 0)
+        previous = _read_address(data_dir)
+        try:
+            port = int(previous.get("port") or 0) if isinstance(previous, dict) else 0
+        except (TypeError, ValueError):
+            port = 0
         if not port or not _port_is_free(port):
             port = free_port()
         server = RedisServerProcess(binary=find_redis_binary(settings), directory=data_dir / "redis",
@@ -277,7 +333,12 @@ def ensure_embedded(settings: Settings | None = None) -> tuple[str, int | None]:
         server.start()
         record = {"url": server.url, "port": server.port, "pid": server.pid, "binary": server.binary}
         (data_dir / ADDRESS_FILE).write_text(json.dumps(record))
-        return server.url, server.pid
+    global _started_pid
+    _started_pid = server.pid
+    if announce and not _owner:
+        log.warning("started an embedded redis-server for %s (pid %s, %s); it keeps running for the "
+                    "platform's other processes: stop it with `resilience down`", data_dir, server.pid, server.url)
+    return server.url, server.pid
 
 
 def stop_embedded(settings: Settings | None = None, pid: int | None = None, timeout: float = 10.0) -> bool:

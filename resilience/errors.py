@@ -14,6 +14,7 @@
     │   └── SpoolFull               Redis unreachable and the local spool is full
     ├── CircuitOpenError            a call was refused by an open circuit breaker
     ├── EmbeddedRedisError          the embedded redis-server could not start
+    │   └── RedisNotRunning         none runs, and this process may not start one
     └── StoreUnavailable            the platform's Redis store did not answer
 
 Control flow (Celery's ``Retry``, ``Ignore``, ``Reject``, and
@@ -95,6 +96,14 @@ class CircuitOpenError(ResilienceError):
 
 class EmbeddedRedisError(ResilienceError):
     """The embedded redis-server could not be found or started."""
+
+
+class RedisNotRunning(EmbeddedRedisError):
+    """No Redis is configured or running, and this command does not start one.
+
+    Read-only commands (``status``, ``dlq``, ``breakers``, ``errors``, ``sweep``,
+    ``health``) never start a server on someone's behalf: they say so and exit.
+    """
 
 
 class StoreUnavailable(ResilienceError, ConnectionError):

@@ -44,8 +44,8 @@ from kombu.transport import redis as kombu_redis
 from kombu.transport import virtual
 
 from resilience import connection, unacked
-from resilience.deadletter import broker_transport_options
 from resilience.store import get_redis
+from resilience.runtime import app_or_bound, transport_options
 
 log = logging.getLogger(__name__)
 
@@ -73,9 +73,10 @@ def pending() -> int:
         return len(_held)
 
 
-def restore_pending(r=None) -> int:
+def restore_pending(r=None, app=None) -> int:
     """Put the held messages back on their queues; returns how many went back.
 
+    ``app`` names kombu's keys (default: the app given to ``install()``).
     Messages stay held when Redis cannot be reached, for the next call.
     """
     with _lock:
@@ -83,7 +84,7 @@ def restore_pending(r=None) -> int:
     if not held:
         return 0
     candidates = [unacked.Candidate(tag, fallback=envelope) for tag, envelope in held.items()]
-    restored = unacked.restore(r or get_redis(), candidates, broker_transport_options())
+    restored = unacked.restore(r or get_redis(), candidates, transport_options(app_or_bound(app)))
     with _lock:
         for tag, envelope in held.items():
             if tag in _held and _held[tag] is envelope:  # not kept again meanwhile

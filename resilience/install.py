@@ -1,9 +1,12 @@
 """The one wiring point: ``install(app)`` attaches the platform to a Celery app.
 
-It validates the settings (a bad value stops start-up naming the variable),
-makes sure the app's tasks are ResilientTasks, and runs each feature's
-installer, which connects its signal handlers (``dispatch_uid``, ``weak=False``),
-bootsteps and beat entries. A feature whose flag is off installs nothing.
+It makes the app the one this process serves (:mod:`resilience.runtime`),
+registers the platform's own tasks on it (:mod:`resilience.platform_tasks`),
+makes sure its tasks are ResilientTasks, and, once the app is configured, runs
+each feature's installer with the app's settings (a bad value stops start-up
+naming the setting), which connects its signal handlers (``dispatch_uid``,
+``weak=False``), bootsteps and beat entries. A feature whose flag is off
+installs nothing.
 """
 
 from __future__ import annotations
@@ -13,7 +16,8 @@ import logging
 
 from celery import Celery
 
-from resilience.settings import get_settings
+from resilience import platform_tasks, runtime
+from resilience.settings import forget_app_settings, load_settings, settings_for
 from resilience.task import ResilientTask
 
 log = logging.getLogger(__name__)
@@ -28,23 +32,47 @@ FEATURE_INSTALLERS: list[str] = [
     "resilience.outage:install",
 ]
 
-_installed: set[int] = set()
-
-
 def install(app: Celery) -> Celery:
-    """Wire every enabled feature into ``app`` (idempotent per app)."""
-    settings = get_settings()  # validates every setting now, at start-up
+    """Wire every enabled feature into ``app`` (idempotent per app).
+
+    Safe to call before or after the app is configured: features are wired
+    when Celery loads the app's configuration (``on_after_configure``), with
+    the settings read then (environment over the app's configuration), and
+    again if it is configured anew, so beat entries survive a reload.
+    """
     if not issubclass(app.Task, ResilientTask):
         raise TypeError("create the app with Celery(..., task_cls=ResilientTask) before install(app)")
-    if id(app) in _installed:
+    runtime.bind(app)
+    if app.__dict__.get("_resilience_installed"):
         return app
-    _installed.add(id(app))
+    load_settings()  # the environment is validated now, at import: a bad value names its variable
+    app._resilience_installed = True
+    app.on_configure.connect(_on_configure, weak=False)
+    app.on_after_configure.connect(_on_after_configure, weak=False)
     _check_options_at_declaration(app)
+    platform_tasks.register(app)
+    if app.configured:
+        _install_features(app)
+    return app
+
+
+def _on_configure(sender: Celery, **_: object) -> None:
+    # Celery is loading the configuration: a settings read now must not load it again.
+    sender._resilience_configuring = True
+
+
+def _on_after_configure(sender: Celery, **_: object) -> None:
+    sender._resilience_configuring = False
+    forget_app_settings(sender)
+    _install_features(sender)
+
+
+def _install_features(app: Celery) -> None:
+    settings = settings_for(app)  # validates the environment and the app's configuration together
     app.conf.beat_schedule = dict(app.conf.beat_schedule or {})
     for target in FEATURE_INSTALLERS:
         module_name, _, func = target.partition(":")
         getattr(importlib.import_module(module_name), func)(app, settings)
-    return app
 
 
 def _check_options_at_declaration(app: Celery) -> None:

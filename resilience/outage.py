@@ -164,11 +164,9 @@ class Flusher:
                 self._thread.start()
 
     def _app_or_default(self):
-        if self._app is None:
-            from celery import current_app
+        from resilience.runtime import app_or_bound
 
-            return current_app._get_current_object()
-        return self._app
+        return app_or_bound(self._app)
 
     def _run(self) -> None:
         settings = get_settings()

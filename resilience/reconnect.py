@@ -95,7 +95,7 @@ class ResilientConsumer(Consumer):
         if not handover.pending() or connection.is_down("broker"):
             return
         try:
-            handover.restore_pending()
+            handover.restore_pending(app=self.app)
         except Exception as err:  # noqa: BLE001 - Redis away again: the watch tries later
             log.warning("could not put back %d held message(s) yet: %s", handover.pending(), err)
 

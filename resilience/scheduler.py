@@ -40,6 +40,7 @@ from kombu import Producer
 from resilience.keys import keys
 from resilience.settings import Settings, get_settings
 from resilience.store import get_redis, load_script
+from resilience.platform_tasks import PROMOTE_DELAYED_RUNS, add_beat_entry
 
 __all__ = ["wants_delay", "schedule", "capture_message", "promote_due", "waiting", "PromoterStep", "install"]
 
@@ -258,8 +259,5 @@ def install(app, settings: Settings) -> None:
     if not settings.feature_smart_retry:
         return
     app.steps["consumer"].add(PromoterStep)
-    app.conf.beat_schedule["resilience.promote-delayed-runs"] = {
-        "task": "resilience.promote_delayed_runs",
-        "schedule": settings.scheduler_beat_interval_sec,
-        "options": {"expires": settings.scheduler_beat_interval_sec},
-    }
+    add_beat_entry(app, settings, PROMOTE_DELAYED_RUNS, settings.scheduler_beat_interval_sec,
+                   expires=settings.scheduler_beat_interval_sec)

@@ -12,6 +12,8 @@ from __future__ import annotations
 import dataclasses
 import os
 import re
+import threading
+import weakref
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -19,7 +21,7 @@ from urllib.parse import urlsplit
 
 from resilience.errors import SettingsError
 
-__all__ = ["FEATURES", "Settings", "get_settings", "load_settings", "reset_settings"]
+__all__ = ["FEATURES", "Settings", "conf_keys", "get_settings", "load_settings", "reset_settings", "settings_for"]
 
 #: Feature name -> environment flag. Each defaults to on; ``false`` turns the
 #: feature off and the platform behaves as plain Celery in that respect.
@@ -171,6 +173,10 @@ class Settings:
         "Largest encoded arguments a job may have; larger submissions raise PayloadTooLarge")
     spool_max_jobs: int = _setting("SPOOL_MAX_JOBS", 100000, _positive_int,
         "Most jobs the local publish spool holds; beyond it submission raises SpoolFull")
+
+    platform_task_queue: str = _setting("PLATFORM_TASK_QUEUE", "", _plain_str,
+        "Queue of the platform's own tasks (sweep, trims, alert rules, beat pulse); empty: the app's default "
+        "queue. A worker must consume it (-Q)")
 
     # -- Redis outages (reconnects) ----------------------------------------------
     redis_reconnect_base_sec: float = _setting("REDIS_RECONNECT_BASE_SEC", 0.1, _positive_float,
@@ -348,14 +354,58 @@ def env_fields() -> list[dataclasses.Field]:
     return list(dataclasses.fields(Settings))
 
 
-def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
-    """Read and validate every setting; raise SettingsError naming a bad one."""
+def conf_keys(env_name: str) -> tuple[str, str]:
+    """The keys a setting may have in a Celery app's configuration.
+
+    Celery's own convention: lowercase in ``app.conf`` and config modules
+    (``retry_max``), or the environment name itself (``RETRY_MAX``). Django
+    settings read with ``namespace="CELERY"`` give ``CELERY_RETRY_MAX``, which
+    Celery's configuration view finds under ``retry_max``.
+    """
+    return env_name.lower(), env_name
+
+
+def _conf_raw(conf: Any, env_name: str) -> tuple[str, str] | None:
+    """``(key, raw text)`` of a setting given in an app's configuration, or None."""
+    if conf is None:
+        return None
+    for key in conf_keys(env_name):
+        try:
+            value = conf.get(key)
+        except Exception:  # noqa: BLE001 - a configuration that cannot answer has no value for us
+            value = None
+        if value is None:
+            continue
+        if isinstance(value, bool):
+            return key, "true" if value else "false"
+        return key, value if isinstance(value, str) else repr(value) if isinstance(value, float) else str(value)
+    return None
+
+
+def load_settings(environ: Mapping[str, str] | None = None, conf: Any = None) -> Settings:
+    """Read and validate every setting; raise SettingsError naming a bad one.
+
+    Precedence, for each setting: the environment variable (an empty one counts
+    as unset, as compose passes them), then the app's configuration ``conf``
+    (see :func:`conf_keys`), then the default. The
+    environment wins so that a deploy can override what the code says, e.g.
+    switch a feature off to roll back without a release.
+    """
     env = os.environ if environ is None else environ
     values: dict[str, Any] = {}
     for f in dataclasses.fields(Settings):
         name = f.metadata["env"]
         raw = env.get(name)
-        if raw is None or (raw.strip() == "" and f.default is not None and not isinstance(f.default, str)):
+        if raw is None or raw.strip() == "":  # unset or empty: the app's configuration, else the default
+            found = _conf_raw(conf, name)
+            if found is None:
+                continue
+            key, raw = found
+            try:
+                values[f.name] = f.metadata["parse"](name, raw)
+            except SettingsError as err:
+                raise SettingsError(name, err.value, f"{err.reason} (set in the app's configuration "
+                                                     f"as {key!r})") from None
             continue
         values[f.name] = f.metadata["parse"](name, raw)
     settings = Settings(**values)
@@ -363,21 +413,87 @@ def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
     return settings
 
 
-_cached: Settings | None = None
+_lock = threading.RLock()
+_override: Settings | None = None
+_from_env: Settings | None = None
+_by_app: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+_computing = threading.local()
+
+
+def settings_for(app: Any) -> Settings:
+    """The settings of ``app``: the environment over the app's configuration.
+
+    Computed once per configuration of the app (Celery's ``on_after_configure``
+    clears it) and validated then, so a bad value stops the worker, beat or
+    producer at start-up, naming the setting wherever it was set.
+    """
+    if _override is not None:
+        return _override
+    cached = _by_app.get(app)
+    if cached is not None:
+        return cached
+    if getattr(_computing, "app", None) is app or not _conf_ready(app):
+        # The app's configuration is being loaded right now (its config module reads
+        # the settings): the environment is all there is yet.
+        return _env_settings()
+    _computing.app = app
+    try:
+        settings = load_settings(conf=app.conf)
+    finally:
+        _computing.app = None
+    with _lock:
+        _by_app[app] = settings
+    return settings
+
+
+def _conf_ready(app: Any) -> bool:
+    """False while Celery is loading ``app``'s configuration (between its ``on_configure``
+    and ``on_after_configure`` signals): reading ``app.conf`` then would load it again."""
+    return not getattr(app, "_resilience_configuring", False)
+
+
+def forget_app_settings(app: Any) -> None:
+    """Drop ``app``'s cached settings (its configuration changed)."""
+    with _lock:
+        _by_app.pop(app, None)
+
+
+def _env_settings() -> Settings:
+    global _from_env
+    if _from_env is None:
+        with _lock:
+            if _from_env is None:
+                _from_env = load_settings()
+    return _from_env
 
 
 def get_settings() -> Settings:
-    """The process's settings, read once from the environment."""
-    global _cached
-    if _cached is None:
-        _cached = load_settings()
-    return _cached
+    """This process's settings: those of the app given to ``install()``, else the environment's."""
+    if _override is not None:
+        return _override
+    from resilience.runtime import bound_app
+
+    app = bound_app()
+    if app is not None:
+        return settings_for(app)
+    return _env_settings()
 
 
 def reset_settings(settings: Settings | None = None) -> None:
-    """Forget (or replace) the cached settings; the next read re-validates."""
-    global _cached
-    _cached = settings
+    """Forget every cached settings object (or force ``settings`` for the whole process).
+
+    The next read re-validates from the environment and the apps' configuration.
+    """
+    global _override, _from_env
+    with _lock:
+        _override = settings
+        _from_env = None
+        _by_app.clear()
+
+
+def current_override() -> Settings | None:
+    """The settings forced with :func:`reset_settings`, if any (tests restore it)."""
+    return _override
 
 
 def render_env_example() -> str:

@@ -1,9 +1,13 @@
 """The platform's own Redis client: one per process, rebuilt after fork.
 
-Which Redis: ``REDIS_URL`` when set, else the data dir's embedded server
-(started on first use). Every connection has socket and connect timeouts and
-a health check, so a frozen Redis raises instead of blocking, and redis-py
-retries connection errors with capped exponential backoff and jitter.
+Which Redis, in order: ``REDIS_URL`` (environment or the app's
+configuration); else the broker of the app given to ``install()`` when it is
+a Redis URL, so a project's platform state lives next to its queues; else the
+data dir's embedded server (started on first use, by processes allowed to:
+see :func:`resilience.embedded.forbid_autostart`). Every connection has socket
+and connect timeouts and a health check, so a frozen Redis raises instead of
+blocking, and redis-py retries connection errors with capped exponential
+backoff and jitter.
 """
 
 from __future__ import annotations
@@ -27,17 +31,41 @@ _client_pid: int | None = None
 _url_override: str | None = None
 
 
-def redis_url(settings: Settings | None = None) -> str:
-    """The Redis URL every client of this process uses."""
-    settings = settings or get_settings()
-    if _url_override:
-        return _url_override
+_REDIS_SCHEMES = frozenset({"redis", "rediss", "unix"})
+
+
+def app_broker_url(app) -> str | None:
+    """``app``'s broker URL when it is a Redis URL (None while the app is being configured)."""
+    if app is None or getattr(app, "_resilience_configuring", False):
+        return None
+    url = app.conf.broker_url
+    if isinstance(url, str) and url.split("://", 1)[0].lower() in _REDIS_SCHEMES:
+        return url
+    return None
+
+
+def configured_or_embedded_url(settings: Settings) -> str:
+    """``REDIS_URL``, else the data dir's embedded Redis (what a config module uses)."""
     if settings.redis_url:
         return settings.redis_url
     from resilience.embedded import ensure_embedded
 
     url, _ = ensure_embedded(settings)
     return url
+
+
+def redis_url(settings: Settings | None = None, app=None) -> str:
+    """The Redis URL the platform's clients use (see the module docstring for the order)."""
+    if _url_override:
+        return _url_override
+    settings = settings or get_settings()
+    if not settings.redis_url:
+        from resilience.runtime import bound_app
+
+        url = app_broker_url(app if app is not None else bound_app())
+        if url:
+            return url
+    return configured_or_embedded_url(settings)
 
 
 def client_options(settings: Settings | None = None) -> dict:

@@ -1,7 +1,9 @@
 """``resilience up``: Redis, a worker, beat and Flower as one foreground process.
 
-With no ``REDIS_URL`` the data dir's embedded Redis is started (and stopped on
-exit if this process started it). Each child runs in its own process group;
+It runs the app named by ``-A`` (the bundled app by default) with
+``celery -A <app>``. Its Redis is ``REDIS_URL``, else the app's own Redis
+broker, else the data dir's embedded Redis, started here and stopped on exit
+if this process started it. Each child runs in its own process group;
 SIGINT or SIGTERM stops them all (warm shutdown first, SIGKILL after a grace
 period), so no process of the platform is left behind. A child that exits on
 its own is restarted with a growing delay.
@@ -20,8 +22,11 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from resilience import embedded
 from resilience.embedded import ensure_embedded, stop_embedded
-from resilience.settings import Settings, get_settings
+from resilience.runtime import BUNDLED_APP, load_app
+from resilience.settings import Settings, get_settings, settings_for
+from resilience.store import redis_url
 
 log = logging.getLogger(__name__)
 
@@ -43,6 +48,7 @@ class Platform:
     """The processes of one platform instance, started and stopped together."""
 
     settings: Settings = field(default_factory=get_settings)
+    app_spec: str = BUNDLED_APP
     concurrency: int = 2
     beat: bool = True
     flower: bool = True
@@ -59,7 +65,7 @@ class Platform:
         return Path(self.settings.data_dir).expanduser().resolve()
 
     def _celery(self, *args: str) -> list[str]:
-        return [sys.executable, "-m", "celery", "-A", "tasks", *args]
+        return [sys.executable, "-m", "celery", "-A", self.app_spec, *args]
 
     def _plan(self) -> list[Child]:
         logs = self.data_dir / "logs"
@@ -98,10 +104,11 @@ class Platform:
         log.info("started %s (pid %s)", child.name, child.process.pid)
 
     def start(self) -> Platform:
-        if self.settings.redis_url:
-            self.redis_url = self.settings.redis_url
-        else:
-            self.redis_url, self._started_redis_pid = ensure_embedded(self.settings)
+        embedded.stop_on_exit_by_caller()
+        app = load_app(self.app_spec)  # may start the embedded Redis (the bundled app's config does)
+        self.settings = settings_for(app)
+        self.redis_url = redis_url(self.settings, app)
+        self._started_redis_pid = embedded.started_here()
         self.children = self._plan()
         for child in self.children:
             self._spawn(child)

@@ -37,10 +37,11 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from resilience import deadletter, unacked
-from resilience.deadletter import broker_transport_options
 from resilience.identity import hostname_of
 from resilience.keys import keys
 from resilience.locks import Lock
+from resilience.runtime import app_or_bound, transport_options
+from resilience.platform_tasks import SWEEP_STUCK_JOBS, add_beat_entry
 from resilience.settings import Settings, get_settings
 from resilience.store import get_redis, load_script
 
@@ -93,7 +94,7 @@ def sweep(app=None, *, now: float | None = None) -> SweepReport:
     if not lock.acquire():
         return SweepReport(ran=False, skipped="another sweep holds the lock")
     try:
-        report = _sweep(app or _default_app(), settings, time.time() if now is None else now)
+        report = _sweep(app_or_bound(app), settings, time.time() if now is None else now)
     finally:
         try:
             lock.release()
@@ -109,18 +110,12 @@ def _lock_ttl_ms(settings: Settings) -> int:
     return max(100, int(settings.stuck_sweep_interval_sec * 800))
 
 
-def _default_app():
-    from tasks.app import app
-
-    return app
-
-
 # -- the sweep -------------------------------------------------------------------------
 def _sweep(app, settings: Settings, now: float) -> SweepReport:
     k = keys()
     r = get_redis()
     report = SweepReport(at=now)
-    transport = dict(app.conf.broker_transport_options or {})
+    transport = transport_options(app)
 
     pipe = r.pipeline(transaction=False)
     pipe.zrange(k.worker_heartbeats, 0, -1, withscores=True)
@@ -153,7 +148,7 @@ def _sweep(app, settings: Settings, now: float) -> SweepReport:
     orphans = [tag for tag, delivered in unacked_index if tag not in held and delivered < cutoff]
 
     entry_by_tag = {str(e["delivery_tag"]): (job_id, e) for job_id, e in active.items() if e.get("delivery_tag")}
-    restored_jobs = _restore_orphans(r, k, orphans, entry_by_tag, dead, report)
+    restored_jobs = _restore_orphans(r, k, orphans, entry_by_tag, dead, report, transport)
 
     in_unacked = {tag for tag, _ in unacked_index}
     for job_id, entry in active.items():
@@ -204,7 +199,8 @@ def _loads(raw: str | None) -> dict:
 
 
 # -- 1. orphaned messages ------------------------------------------------------------
-def _restore_orphans(r, k, tags: list[str], entry_by_tag: dict, dead: set[str], report: SweepReport) -> set[str]:
+def _restore_orphans(r, k, tags: list[str], entry_by_tag: dict, dead: set[str], report: SweepReport,
+                     transport: dict) -> set[str]:
     """Push orphaned ``unacked`` messages back (a fixed number of round trips for all of them)."""
     candidates = []
     for tag in tags:
@@ -214,7 +210,7 @@ def _restore_orphans(r, k, tags: list[str], entry_by_tag: dict, dead: set[str], 
             job_id = ""  # the entry belongs to a run on a live worker: leave it
         candidates.append(unacked.Candidate(tag, job_id=job_id, owner=owner))
     restored = set()
-    for done in unacked.restore(r, candidates, broker_transport_options(), errors=report.errors):
+    for done in unacked.restore(r, candidates, transport, errors=report.errors):
         headers = done.payload.get("headers") or {}
         tag, job_id, owner = done.candidate.tag, done.candidate.job_id, done.candidate.owner
         action = {"job_id": headers.get("id") or job_id or None, "task": headers.get("task"),
@@ -306,7 +302,7 @@ def _stop_stuck(app, r, k, settings: Settings, job_id: str, entry: dict, now: fl
             action.update(outcome="retried", countdown=round(delay, 3))
         else:
             deadletter.bury_entry(_dead_letter_entry(entry, job_id, reason), job_id=job_id,
-                                  delivery_tag=entry.get("delivery_tag"))
+                                  delivery_tag=entry.get("delivery_tag"), app=app)
             action.update(outcome="dead_lettered")
     except Exception as exc:
         report.errors.append(f"job {job_id}: {exc}")
@@ -407,9 +403,5 @@ def install(app, settings: Settings) -> None:
         return
     _register_control_command()
     interval = settings.stuck_sweep_interval_sec
-    app.conf.beat_schedule["resilience-stuck-job-sweep"] = {
-        "task": "resilience.sweep_stuck_jobs",
-        "schedule": float(interval),
-        "options": {"expires": float(interval)},
-    }
+    add_beat_entry(app, settings, SWEEP_STUCK_JOBS, interval, expires=interval)
 

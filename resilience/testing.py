@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from resilience.embedded import RedisServerProcess, find_redis_binary, free_port
-from resilience.settings import env_fields, get_settings, load_settings, reset_settings
+from resilience.settings import current_override, env_fields, load_settings, reset_settings
 from resilience.store import reset_redis
 
 __all__ = [
@@ -98,9 +98,9 @@ def configure(redis_url: str | None = None, **overrides: Any) -> Iterator[None]:
         env["REDIS_URL"] = redis_url
     saved = {k: os.environ.get(k) for k in env}
     os.environ.update(env)
-    previous = get_settings()
+    forced = current_override()
     try:
-        reset_settings(load_settings())
+        reset_settings(None if forced is None else load_settings())
         reset_redis()
         yield
     finally:
@@ -109,7 +109,7 @@ def configure(redis_url: str | None = None, **overrides: Any) -> Iterator[None]:
                 os.environ.pop(k, None)
             else:
                 os.environ[k] = v
-        reset_settings(previous)
+        reset_settings(forced)
         reset_redis()
 
 

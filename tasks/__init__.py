@@ -1,5 +1,6 @@
-"""The platform's Celery application package (``celery -A tasks ...``)."""
+"""The repository's bundled app (``celery -A tasks ...``), kept in the package as
+``resilience.bundled``; this thin package is not part of the distribution."""
 
-from tasks.app import app
+from resilience.bundled import app
 
 __all__ = ["app"]

@@ -1,13 +1,5 @@
-"""The Celery application: ``celery -A tasks worker|beat|flower``.
+"""``from tasks.app import app``: the bundled app (see :mod:`resilience.bundled`)."""
 
-Every task is a :class:`resilience.ResilientTask`; ``install`` wires the
-platform's features. Extra task modules join with the worker's ``-I/--include``.
-"""
+from resilience.bundled import app
 
-from celery import Celery
-
-from resilience import ResilientTask, install
-
-app = Celery("tasks", task_cls=ResilientTask, include=["tasks.platform", "tasks.demo"])
-app.config_from_object("celeryconfig")
-install(app)
+__all__ = ["app"]

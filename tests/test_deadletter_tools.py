@@ -124,9 +124,10 @@ def test_entries_beyond_the_cap_are_trimmed_oldest_first(r):
     assert [e.job_id for e in deadletter.list_entries()] == ["e5", "e4", "e3", "e2"]
 
 
-def test_the_beat_task_trims_with_the_settings(r):
+def test_the_beat_task_trims_with_the_settings(r, app):
     from resilience.testing import configure
-    from tasks.platform import trim_dead_letters
+
+    trim_dead_letters = app.tasks["resilience.trim_dead_letters"]
 
     push(r, entry("ancient", failed_at="2000-01-01T00:00:00Z"), entry("fresh", failed_at=deadletter.utc_iso()))
     with configure(dead_letter_max_entries=10):

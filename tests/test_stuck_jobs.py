@@ -294,7 +294,7 @@ def test_the_sweep_cli_reports_json(app):
 
 
 def test_the_beat_task_runs_the_sweep_on_a_worker(app, r, worker):
-    assert app.conf.beat_schedule["resilience-stuck-job-sweep"]["task"] == "resilience.sweep_stuck_jobs"
+    assert app.conf.beat_schedule["resilience.sweep_stuck_jobs"]["task"] == "resilience.sweep_stuck_jobs"
     app.tasks["resilience.sweep_stuck_jobs"].apply_async()
     wait_for(lambda: int(r.hget(keys().stats("sweeper"), "runs") or 0) >= 1, 30,
              message="the sweep task to run on the worker")

@@ -2,39 +2,76 @@
 
 Each command lives in its own module of this package. Every command that
 takes ``--json`` prints machine-readable JSON on stdout and nothing else.
+Every command acts on the app named by ``-A/--app`` (or ``RESILIENCE_APP``;
+default the bundled app), as ``celery -A`` does; the same commands are
+``celery -A proj resilience ...`` through Celery's ``celery.commands`` entry
+point. Failures are one line on stderr and a non-zero exit: 2 for
+configuration errors, 1 for everything else (Redis unreachable, no Redis
+running, a malformed record).
 """
 
 from __future__ import annotations
 
-import sys
+from typing import Any
 
 import click
+import redis
 
+from resilience.cli.context import AppRef
 from resilience.errors import ConfigurationError, ResilienceError
 
+class _CommandGroup(click.Group):
+    """A group whose failures are one line on stderr and an exit status, never a traceback."""
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except ConfigurationError as err:
+            _fail(ctx, f"configuration error: {err}", 2)
+        except ResilienceError as err:
+            _fail(ctx, f"error: {err}", 1)
+        except (redis.ConnectionError, redis.TimeoutError) as err:
+            _fail(ctx, f"error: Redis is unreachable: {err}", 1)
+
+
+def _fail(ctx: click.Context, message: str, status: int) -> None:
+    lines = message.strip().splitlines()
+    click.echo(lines[0] if lines else "error", err=True)
+    ctx.exit(status)
+
+
+_APP_HELP = ("The Celery app to act on, as for `celery -A`: MODULE or MODULE:ATTRIBUTE "
+             "(env RESILIENCE_APP; default: the bundled app).")
+
+
+@click.group(cls=_CommandGroup, context_settings={"help_option_names": ["-h", "--help"]})
+@click.option("-A", "--app", "app_spec", envvar="RESILIENCE_APP", default=None, metavar="MODULE[:ATTR]",
+              help=_APP_HELP)
 @click.version_option(package_name="celery-resilience")
-def main() -> None:
+@click.pass_context
+def main(ctx: click.Context, app_spec: str | None) -> None:
     """celery-resilience: Celery on Redis that keeps jobs alive."""
+    ctx.obj = AppRef(app_spec or None)
+
+
+@click.group(cls=_CommandGroup, name="resilience", help="celery-resilience: the platform's commands for this app.")
+@click.pass_context
+def celery_command(ctx: click.Context) -> None:
+    """``celery -A proj resilience ...``: the same commands, on the app Celery loaded."""
+    celery_context: Any = ctx.find_root().obj
+    ctx.obj = AppRef(app=getattr(celery_context, "app", None))
 
 
 def _register() -> None:
-    from resilience.cli import breakers, demo, dlq, errors, health, status, sweep, up
+    from resilience.cli import breakers, demo, dlq, down, errors, health, status, sweep, up
 
-    for module in (up, demo, status, dlq, breakers, errors, sweep, health):
+    for module in (up, down, demo, status, dlq, breakers, errors, sweep, health):
         main.add_command(module.command)
+        celery_command.add_command(module.command)
 
 
 _register()
 
 
-def run() -> None:  # pragma: no cover - console entry with friendly errors
-    try:
-        main(standalone_mode=True)
-    except ConfigurationError as err:
-        click.echo(f"configuration error: {err}", err=True)
-        sys.exit(2)
-    except ResilienceError as err:
-        click.echo(f"error: {err}", err=True)
-        sys.exit(1)
+def run() -> None:  # pragma: no cover - the console entry point
+    main(standalone_mode=True)

@@ -37,6 +37,9 @@ def rows() -> list[dict]:
 @click.option("--json", "as_json", is_flag=True, help="Print JSON only.")
 @click.pass_context
 def command(ctx: click.Context, as_json: bool) -> None:
+    from resilience.cli.context import use_app
+
+    use_app()
     if ctx.invoked_subcommand is not None:
         return
     table = rows()

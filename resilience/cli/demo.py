@@ -18,7 +18,9 @@ from resilience.logconfig import setup_cli_logging
 def command(duration: float | None, rate: float, no_flower: bool, outage_after: float | None) -> None:
     import logging
 
+    from resilience.cli.context import app_spec
     from resilience.demo import Demo
 
     setup_cli_logging(logging.WARNING)
-    Demo(duration=duration, rate=rate, flower=not no_flower, outage_after=outage_after).run()
+    Demo(duration=duration, rate=rate, flower=not no_flower, outage_after=outage_after,
+         app_spec=app_spec()).run()

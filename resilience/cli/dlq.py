@@ -13,6 +13,7 @@ from typing import Any
 import click
 
 from resilience import deadletter
+from resilience.cli.context import use_app
 
 
 def _filters(func):
@@ -42,7 +43,7 @@ def _echo_json(value: Any) -> None:
 
 @click.group(name="dlq", help="Dead-letter queue (jobs:dead_letter): list, show, replay, purge, stats.")
 def command() -> None:
-    pass
+    use_app()  # the app's settings, key prefix and Redis; replay publishes through it
 
 
 @command.command(name="list", help="List entries, newest first.")

@@ -13,7 +13,9 @@ import click
 @click.option("--limit", default=20, show_default=True, help="Timeline records to show, newest first.")
 def command(as_json: bool, limit: int) -> None:
     from resilience import tracking
+    from resilience.cli.context import use_app
 
+    use_app()
     patterns = tracking.patterns()
     timeline = tracking.timeline(limit)
     if as_json:

@@ -29,7 +29,9 @@ def beat(as_json: bool) -> None:
     import redis
 
     from resilience.beatprobe import check
-    from tasks.app import app
+    from resilience.cli.context import use_app
+
+    app = use_app()
 
     try:
         report = check(app)
@@ -53,9 +55,11 @@ def workers(as_json: bool, timeout: float) -> None:
     import httpx
     import redis
 
+    from resilience.cli.context import use_app
     from resilience.keys import keys
     from resilience.store import get_redis
 
+    use_app()
     try:
         registered = get_redis().hgetall(keys().worker_health)
     except (redis.ConnectionError, redis.TimeoutError) as err:

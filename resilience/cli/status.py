@@ -24,9 +24,11 @@ def command(as_json: bool, watch: bool, interval: float) -> None:
     from rich.live import Live
     from rich.text import Text
 
+    from resilience.cli.context import use_app
     from resilience.errors import StoreUnavailable
     from resilience.status import collect, render
-    from tasks.app import app
+
+    app = use_app()
 
     if as_json or not watch:
         try:

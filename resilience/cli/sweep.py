@@ -11,8 +11,9 @@ import click
 @click.option("--json", "as_json", is_flag=True, help="Print JSON only.")
 def command(as_json: bool) -> None:
     from resilience import sweeper
-    from tasks.app import app
+    from resilience.cli.context import use_app
 
+    app = use_app()
     report = sweeper.sweep(app)
     if as_json:
         click.echo(json.dumps(report.as_dict(), default=str))

@@ -13,10 +13,12 @@ from resilience.logconfig import setup_cli_logging
 @click.option("--no-flower", is_flag=True, help="Do not start Flower.")
 @click.option("--no-beat", is_flag=True, help="Do not start beat.")
 def command(concurrency: int, no_flower: bool, no_beat: bool) -> None:
+    from resilience.cli.context import app_spec
     from resilience.supervisor import Platform
 
     setup_cli_logging()
-    platform = Platform(concurrency=concurrency, flower=not no_flower, beat=not no_beat).start()
+    platform = Platform(app_spec=app_spec(), concurrency=concurrency, flower=not no_flower,
+                        beat=not no_beat).start()
     click.echo(f"Redis:  {platform.redis_url}")
     if platform.flower_credentials:
         user = platform.flower_credentials.split(":", 1)[0]
