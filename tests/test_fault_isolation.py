@@ -1,0 +1,152 @@
+"""One bad record never stops a subsystem; the CLI treats data as text (issue 15).
+
+Bad records of every kind production meets (not JSON, JSON of the wrong types,
+random bytes, a key of the wrong Redis type) are written next to good ones
+into a real Redis; the sweep, delayed-run promotion, the spool flush, replay
+and every CLI view must skip them, move them to the quarantine, and still
+process the good records.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+
+import pytest
+from click.testing import CliRunner
+from hypothesis import HealthCheck, Phase, given, settings
+from hypothesis import strategies as st
+
+from resilience import alerts, deadletter, quarantine, scheduler, spool, sweeper, tracking
+from resilience.cli import main
+from resilience.keys import keys
+from resilience.outage import _publish_spooled
+from resilience.testing import configure, free_port
+OLD = time.time() - 3600
+DEAD = "dead@test|1"
+#: Wide enough that Rich never wraps a cell in these tests.
+WIDE = {"COLUMNS": "400"}
+
+
+def registry_entry(job_id: str, **changes) -> dict:
+    entry = {"job_id": job_id, "task": "tests.add", "worker": DEAD, "hostname": "dead@test", "pid": 1,
+             "started_at": OLD, "last_progress_at": OLD, "progress": None, "note": None, "timeout": 60.0,
+             "attempt": 0, "queue": "celery", "exchange": "celery", "delivery_tag": None, "idempotency_key": None,
+             "args": [1, 2], "kwargs": {}}
+    return {**entry, **changes}
+
+
+def captured(app, job_id: str, task: str = "tests.add") -> tuple[str, str]:
+    """The queue key and the exact kombu envelope Celery publishes for a job."""
+    return scheduler.capture_message(app, lambda producer: app.send_task(
+        task, args=(1, 2), task_id=job_id, producer=producer, retry=False))
+
+
+def queued_ids(r, queue: str = "celery") -> list[str]:
+    """Job ids waiting in a queue, oldest first."""
+    return [(json.loads(raw).get("headers") or {}).get("id") for raw in reversed(r.lrange(queue, 0, -1))]
+
+
+def dead_letter_entry(job_id: str, **changes) -> dict:
+    entry = {"job_id": job_id, "task": "tests.add", "args": [1, 2], "kwargs": {}, "options": {"queue": "celery"},
+             "failure_reason": "boom", "error_type": "PermanentError", "traceback": "",
+             "failed_at": deadletter.utc_iso(), "retry_count": 0, "worker": "w@test"}
+    return {**entry, **changes}
+
+
+def cli(*argv: str, exit_code: int = 0):
+    result = CliRunner(env=WIDE).invoke(main, list(argv))
+    assert result.exit_code == exit_code, (argv, result.output, result.exception)
+    return result
+
+
+def strings(value) -> list[str]:
+    """Every string in a JSON value, keys too."""
+    if isinstance(value, str):
+        return [value]
+    if isinstance(value, dict):
+        return [s for k, v in value.items() for s in (*strings(k), *strings(v))]
+    if isinstance(value, list):
+        return [s for item in value for s in strings(item)]
+    return []
+
+
+def problems(source: str) -> dict[str, str]:
+    return {e["field"]: e["problem"] for e in quarantine.entries() if e["source"] == source}
+
+
+# -- the stuck-job sweep -----------------------------------------------------------------
+def test_bad_registry_entries_are_quarantined_and_the_good_one_is_still_requeued(app, r):
+    k = keys()
+    r.hset(k.active, mapping={
+        "good": json.dumps(registry_entry("good")),
+        "number-as-text": json.dumps(registry_entry("number-as-text", started_at="an hour ago")),
+        "list-for-object": json.dumps([registry_entry("list-for-object")]),
+        "bytes": b"\xff\xfe\x00\x9c",
+        "not-json": "{\"job_id\": ",
+    })
+    r.zadd(k.active_deadlines, dict.fromkeys(["good", "number-as-text", "list-for-object", "bytes", "not-json"], OLD))
+
+    report = sweeper.sweep(app)
+
+    assert [a["job_id"] for a in report.requeued] == ["good"]
+    assert queued_ids(r) == ["good"]
+    assert report.quarantined == 4 and len(report.bad_records) == 4
+    assert problems(k.active) == {"number-as-text": "started_at: expected a number, got a string",
+                                  "list-for-object": "expected an object, got a list",
+                                  "bytes": "not UTF-8 text", "not-json": "not JSON"}
+    assert r.hlen(k.active) == 0 and r.zcard(k.active_deadlines) == 0  # moved with their deadlines
+    (raw_bytes,) = [e for e in quarantine.entries() if e["field"] == "bytes"]
+    assert raw_bytes["raw"] is None and raw_bytes["raw_base64"] == "//4AnA=="
+    assert sweeper.sweep(app).quarantined == 0  # moved once: the next sweep finds nothing bad
+
+
+def test_a_bad_unacked_entry_is_quarantined_and_the_good_orphan_still_restored(app, r):
+    _, envelope = captured(app, "orphan")
+    message = json.loads(envelope)
+    entries = {"tag-good": json.dumps([message, "celery", "celery"]), "tag-short": json.dumps([message]),
+               "tag-headers": json.dumps([{**message, "headers": ["not", "a", "dict"]}, "celery", "celery"]),
+               "tag-bytes": b"\x80\x81\x82"}
+    r.hset("unacked", mapping=entries)
+    r.zadd("unacked_index", dict.fromkeys(entries, OLD))
+
+    report = sweeper.sweep(app)
+
+    assert [a["delivery_tag"] for a in report.restored] == ["tag-good"]
+    assert queued_ids(r) == ["orphan"]
+    assert report.quarantined == 3
+    assert set(problems("unacked")) == {"tag-short", "tag-headers", "tag-bytes"}
+    assert r.hlen("unacked") == 0 and r.zcard("unacked_index") == 0
+
+
+def test_a_bad_worker_record_never_stops_the_sweep(app, r):
+    k = keys()
+    now = time.time()
+    r.zadd(k.worker_heartbeats, {"live@test|1": now})
+    r.hset(k.worker_info, "live@test|1", json.dumps({"at": now, "tags": "not-a-list"}))
+    r.hset(k.active, "good", json.dumps(registry_entry("good")))
+
+    report = sweeper.sweep(app, now=now)
+
+    assert report.live_workers == ["live@test|1"] and [a["job_id"] for a in report.requeued] == ["good"]
+    assert problems(k.worker_info) == {"live@test|1": "tags: expected a list, got a string"}
+
+
+def test_a_key_of_the_wrong_type_is_reported_once_and_the_sweep_goes_on(app, r):
+    k = keys()
+    r.rpush(k.active, "jobs:active is not a list")
+    _, envelope = captured(app, "orphan")
+    r.hset("unacked", "tag", json.dumps([json.loads(envelope), "celery", "celery"]))
+    r.zadd("unacked_index", {"tag": OLD})
+
+    first = sweeper.sweep(app)
+    second = sweeper.sweep(app)
+
+    assert [a["job_id"] for a in first.restored] == ["orphan"]
+    assert first.quarantined == 1 and second.quarantined == 0  # reported once by this process
+    (record,) = quarantine.entries()
+    assert record["source"] == k.active and record["field"] is None and "WRONGTYPE" in record["problem"]
+    assert r.type(k.active) == "list"  # left as it is, for an operator
