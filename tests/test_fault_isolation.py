@@ -150,3 +150,25 @@ def test_a_key_of_the_wrong_type_is_reported_once_and_the_sweep_goes_on(app, r):
     (record,) = quarantine.entries()
     assert record["source"] == k.active and record["field"] is None and "WRONGTYPE" in record["problem"]
     assert r.type(k.active) == "list"  # left as it is, for an operator
+
+
+# -- delayed runs ------------------------------------------------------------------------------
+def test_bad_delayed_runs_never_hold_back_the_good_one(app, r):
+    k = keys()
+    queue_key, envelope = captured(app, "later")
+    r.hset("a-hash", "x", "y")
+    bad = {"not-json": "{", "list": "[1]", "queue-number": json.dumps({"queue": 5, "message": envelope}),
+           "message-not-kombu": json.dumps({"queue": queue_key, "message": "[1, 2]"}),
+           "queue-of-another-type": json.dumps({"queue": "a-hash", "message": envelope}), "bytes": b"\xff\x00"}
+    r.hset(k.scheduled_payloads, mapping={"good": json.dumps({"queue": queue_key, "message": envelope}), **bad})
+    # the bad runs (and one without a payload) are due first, more of them than one round takes
+    r.zadd(k.scheduled, {**dict.fromkeys([*bad, "no-payload"], 1.0), "good": 2.0})
+
+    moved = [scheduler.promote_due(limit=3) for _ in range(3)]
+
+    assert sum(moved) == 1 and queued_ids(r) == ["later"]
+    assert r.zcard(k.scheduled) == 0 and r.hlen(k.scheduled_payloads) == 0
+    assert set(problems(k.scheduled_payloads)) == set(bad)
+    assert problems(k.scheduled) == {"no-payload": "no payload in jobs:scheduled:payloads"}
+    assert "WRONGTYPE" in problems(k.scheduled_payloads)["queue-of-another-type"]
+    assert r.hgetall("a-hash") == {"x": "y"}
