@@ -172,3 +172,41 @@ def test_bad_delayed_runs_never_hold_back_the_good_one(app, r):
     assert problems(k.scheduled) == {"no-payload": "no payload in jobs:scheduled:payloads"}
     assert "WRONGTYPE" in problems(k.scheduled_payloads)["queue-of-another-type"]
     assert r.hgetall("a-hash") == {"x": "y"}
+
+
+# -- the spool -------------------------------------------------------------------------------------
+def _spool_row(job_id: str, args, kwargs, options, task: str = "tests.add") -> None:
+    with spool._db() as conn:
+        conn.execute("INSERT INTO spooled_jobs (job_id, task, args, kwargs, options, spooled_at)"
+                     " VALUES (?, ?, ?, ?, ?, ?)", (job_id, task, args, kwargs, options, time.time()))
+
+
+@pytest.fixture
+def empty_spool():
+    with spool._db() as conn:
+        conn.execute("DELETE FROM spooled_jobs")
+    yield
+    with spool._db() as conn:
+        conn.execute("DELETE FROM spooled_jobs")
+
+
+def test_a_corrupt_spool_row_never_holds_back_the_rows_behind_it(app, r, empty_spool):
+    spool.append("tests.add", [1, 1], {}, "first", {})
+    _spool_row("not-json", "[1,", "{}", "{}")
+    _spool_row("wrong-types", '{"a": 1}', "[]", "{}")
+    _spool_row("bytes", b"\xff\xfe", "{}", "{}")
+    _spool_row("no-task", "[]", "{}", "{}", task="")
+    _spool_row("countdown-text", "[1, 2]", "{}", '{"countdown": "soon"}')
+    _spool_row("refused-by-celery", "[1, 2]", "{}", '{"expires": "tomorrow"}')
+    spool.append("tests.add", [2, 2], {}, "last", {})
+
+    sent = spool.drain(lambda job: _publish_spooled(app, job, 10.0))
+
+    assert sent == 2 and spool.count() == 0
+    assert queued_ids(r) == ["first", "last"]  # in order, around the bad rows
+    found = {json.loads(e["raw"])["job_id"]: e["problem"] for e in quarantine.entries()
+             if e["found_by"] == "spool flush"}
+    assert set(found) == {"not-json", "wrong-types", "bytes", "no-task", "countdown-text", "refused-by-celery"}
+    assert found["wrong-types"] == "args: expected a list, got an object"
+    assert found["countdown-text"] == "options: countdown: expected a number, got a string"
+    assert found["refused-by-celery"].startswith("not publishable: ")
