@@ -210,3 +210,48 @@ def test_a_corrupt_spool_row_never_holds_back_the_rows_behind_it(app, r, empty_s
     assert found["wrong-types"] == "args: expected a list, got an object"
     assert found["countdown-text"] == "options: countdown: expected a number, got a string"
     assert found["refused-by-celery"].startswith("not publishable: ")
+
+
+# -- dead letters ------------------------------------------------------------------------------------
+def test_replay_refuses_an_entry_whose_queue_is_not_a_queue_of_the_app(app, r):
+    k = keys()
+    for entry in (dead_letter_entry("fine"), dead_letter_entry("hostile", options={"queue": k.dead_letter})):
+        r.lpush(k.dead_letter, json.dumps(entry))
+
+    outcome = deadletter.replay(all=True, app=app)
+
+    assert outcome.done == ["fine"] and [refused["job_id"] for refused in outcome.refused] == ["hostile"]
+    assert "is not a queue of this app" in outcome.refused[0]["reason"]
+    assert [json.loads(raw)["job_id"] for raw in r.lrange(k.dead_letter, 0, -1)] == ["hostile"]  # nothing pushed in
+    assert queued_ids(r) == ["fine"]
+
+    result = cli("dlq", "replay", "hostile", "--json", exit_code=1)
+    assert json.loads(result.stdout)["refused"][0]["job_id"] == "hostile"
+
+
+def test_replay_accepts_the_queue_of_the_tasks_own_route(r):
+    from celery import Celery
+
+    def route(name, args, kwargs, options, task=None, **_):
+        return {"queue": "reports-queue"} if name == "proj.report" else None
+
+    routed = Celery("proj", broker=os.environ["REDIS_URL"], task_routes=[route])
+    r.lpush(keys().dead_letter, json.dumps(dead_letter_entry("report", task="proj.report",
+                                                             options={"queue": "reports-queue"})))
+
+    assert deadletter.replay(all=True, app=routed).done == ["report"]
+    assert queued_ids(r, "reports-queue") == ["report"]
+
+
+def test_dead_letter_entries_with_wrong_field_types_are_malformed_not_tracebacks(app, r):
+    k = keys()
+    r.lpush(k.dead_letter, json.dumps(dead_letter_entry("ok")),
+            json.dumps(dead_letter_entry("task-list", task=["tests.add"])),
+            json.dumps(dead_letter_entry("kwargs-list", kwargs=[1])))
+
+    listed = json.loads(cli("dlq", "list", "--json").stdout)
+    replayed = json.loads(cli("dlq", "replay", "--all", "--json").stdout)
+
+    assert [e.get("problem") for e in listed["entries"]] == ["kwargs: expected an object, got a list",
+                                                             "task: expected a string, got a list", None]
+    assert replayed["done"] == ["ok"] and replayed["refused"] == []

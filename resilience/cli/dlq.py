@@ -2,7 +2,8 @@
 
 A thin layer over :mod:`resilience.deadletter`; every subcommand takes
 ``--json`` and then prints JSON only. Malformed entries are shown as such and
-never stop a command.
+never stop a command. ``dlq replay`` exits 1 when it refused an entry (its
+queue is not the app's).
 """
 
 from __future__ import annotations
@@ -104,13 +105,18 @@ def _selection(ids, all_, task, error_type, since, verb: str) -> None:
 def _report(outcome: deadletter.Outcome, verb: str, as_json: bool) -> None:
     if as_json:
         _echo_json(outcome.to_json())
-        return
-    if outcome.dry_run:
-        click.echo(f"would {verb} {len(outcome.matched)} entries")
+    elif outcome.dry_run:
+        click.echo(f"would {verb} {len(outcome.matched) - len(outcome.refused)} entries")
         for job_id in outcome.matched:
             click.echo(f"  {job_id}")
-        return
-    click.echo(f"{verb}: {len(outcome.done)} done, {len(outcome.gone)} already gone")
+    else:
+        click.echo(f"{verb}: {len(outcome.done)} done, {len(outcome.gone)} already gone"
+                   + (f", {len(outcome.refused)} refused" if outcome.refused else ""))
+    if outcome.refused:
+        if not as_json:
+            for refused in outcome.refused:
+                click.echo(f"  refused {refused['job_id']}: {refused['reason']}", err=True)
+        raise click.exceptions.Exit(1)
 
 
 @command.command(name="replay", help="Re-enqueue jobs as fresh attempts (same job id) and remove their entries.")
