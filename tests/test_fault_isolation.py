@@ -255,3 +255,31 @@ def test_dead_letter_entries_with_wrong_field_types_are_malformed_not_tracebacks
     assert [e.get("problem") for e in listed["entries"]] == ["kwargs: expected an object, got a list",
                                                              "task: expected a string, got a list", None]
     assert replayed["done"] == ["ok"] and replayed["refused"] == []
+
+
+# -- error tracking and breakers -------------------------------------------------------------------
+def test_a_pattern_count_that_is_not_a_number_never_blocks_error_tracking(r):
+    k = keys()
+    r.hset(k.errors_patterns, "task:tests.add:ValueError", "many")
+
+    tracking.record_error("task", "tests.add", ValueError("boom"))
+    written = tracking.flush()
+
+    assert written == 1 and r.zcard(k.errors_timeline) == 1
+    assert r.hget(k.errors_patterns, "task:tests.add:ValueError") == "1"
+    (kept,) = quarantine.entries()
+    assert (kept["field"], kept["raw"]) == ("task:tests.add:ValueError", "many")
+
+
+def test_a_breaker_record_of_the_wrong_types_reads_as_malformed(r):
+    from resilience import breaker
+
+    r.hset(keys().breakers_status, mapping={"list": "[1]", "text-time": json.dumps({"state": "open",
+                                                                                      "opened_at": "noon"})})
+
+    records = breaker.status()
+    rows = {row["name"]: row for row in json.loads(cli("breakers", "--json").stdout)}
+
+    assert records["list"]["state"] == records["text-time"]["state"] == "malformed"
+    assert rows["text-time"]["problem"] == "opened_at: expected a number, got a string"
+    assert breaker.get_breaker("text-time").current_state == "closed"  # as the admit script reads it

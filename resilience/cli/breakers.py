@@ -11,15 +11,25 @@ import click
 def _iso(epoch: float | None) -> str | None:
     if epoch is None:
         return None
-    return datetime.fromtimestamp(float(epoch), UTC).isoformat(timespec="seconds")
+    try:
+        return datetime.fromtimestamp(float(epoch), UTC).isoformat(timespec="seconds")
+    except (OverflowError, OSError, ValueError):  # a time no calendar holds
+        return None
 
 
 def rows() -> list[dict]:
-    """One row per breaker: name, state, failures, opened_at (ISO 8601), time to half-open."""
+    """One row per breaker: name, state, failures, opened_at (ISO 8601), time to half-open.
+
+    A malformed record is a row with ``state: "malformed"`` and its ``problem``.
+    """
     from resilience import breaker
 
     result = []
     for name, record in breaker.status().items():
+        if record.get("malformed"):
+            result.append({"name": name, "state": "malformed", "problem": record.get("problem"),
+                           "raw": record.get("raw")})
+            continue
         result.append({
             "name": name,
             "state": record.get("state"),
@@ -56,6 +66,9 @@ def command(ctx: click.Context, as_json: bool) -> None:
     for column in ("breaker", "state", "failures", "opened at (UTC)", "half-open in"):
         view.add_column(column)
     for row in table:
+        if row["state"] == "malformed":
+            view.add_row(row["name"], "malformed", str(row.get("problem")), "-", "-")
+            continue
         due = row["half_open_in_sec"]
         view.add_row(row["name"], row["state"], str(row["failures"]), row["opened_at"] or "-",
                      f"{due:.1f}s" if due is not None else "-")
