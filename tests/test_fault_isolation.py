@@ -283,3 +283,90 @@ def test_a_breaker_record_of_the_wrong_types_reads_as_malformed(r):
     assert records["list"]["state"] == records["text-time"]["state"] == "malformed"
     assert rows["text-time"]["problem"] == "opened_at: expected a number, got a string"
     assert breaker.get_breaker("text-time").current_state == "closed"  # as the admit script reads it
+
+
+# -- the CLI ------------------------------------------------------------------------------------------
+def _hostile_data(r) -> None:
+    k = keys()
+    hostile = "[/x] [bold]boom\x1b[31m\x1b]0;title\x07\u202e"
+    r.hset(k.breakers_status, f"api{hostile}", json.dumps({"state": "open", "failures": 5, "opened_at": time.time(),
+                                                           "reset_timeout_sec": 60}))
+    r.lpush(k.dead_letter, json.dumps(dead_letter_entry("dl-1", task=f"tests{hostile}", failure_reason=hostile,
+                                                        traceback=f"Traceback\n  {hostile}\n")))
+    r.zadd(k.errors_timeline, {json.dumps({"operation": f"op{hostile}", "error_type": "E", "error_message": hostile,
+                                           "timestamp": time.time(), "context": {}}): time.time() * 1000})
+    r.hset(k.errors_patterns, f"task:{hostile}:E", 3)
+
+
+@pytest.mark.parametrize("argv", [["status"], ["dlq", "list"], ["dlq", "stats"], ["dlq", "show", "dl-1"],
+                                  ["errors"], ["breakers"]])
+def test_markup_and_terminal_escapes_in_data_are_shown_as_text(r, argv):
+    _hostile_data(r)
+
+    output = cli(*argv).stdout
+
+    assert "[/x]" in output and "[bold]" in output  # shown, not interpreted (no MarkupError)
+    assert "\x1b" not in output and "\x07" not in output and "\u202e" not in output
+    assert "\\x1b[31m" in output and "\\u202e" in output
+
+
+@pytest.mark.parametrize("argv", [["status"], ["dlq", "list"], ["dlq", "stats"], ["errors"], ["breakers"]])
+def test_json_output_keeps_the_data_exactly(r, argv):
+    _hostile_data(r)
+
+    output = cli(*argv, "--json").stdout
+
+    assert "\x1b" not in output  # JSON escapes control characters itself
+    assert any("[/x] [bold]boom\x1b[31m" in text for text in strings(json.loads(output)))
+
+
+@pytest.mark.parametrize("argv", [["status"], ["dlq", "list"], ["dlq", "stats"], ["dlq", "replay", "--all"],
+                                  ["breakers"], ["errors"], ["sweep"], ["quarantine"], ["quarantine", "purge", "--all"],
+                                  ["health", "workers"]])
+def test_with_redis_unreachable_every_command_prints_one_line_and_exits_1(argv):
+    with configure(redis_url=f"redis://127.0.0.1:{free_port()}/0"):
+        result = CliRunner().invoke(main, argv)
+
+    assert result.exit_code == 1, (result.output, result.exception)
+    assert result.exception is None or isinstance(result.exception, SystemExit), result.exception
+    assert result.stdout == "" and len(result.stderr.strip().splitlines()) == 1, result.output
+    assert "Traceback" not in result.output
+
+
+def test_with_redis_unreachable_a_real_command_process_prints_only_its_one_line():
+    # in a process of its own, where no test harness captures the platform's log records
+    env = {**os.environ, "REDIS_URL": f"redis://127.0.0.1:{free_port()}/0"}
+    done = subprocess.run([sys.executable, "-m", "resilience.cli", "sweep"], capture_output=True, text=True,
+                          timeout=60, env=env)
+
+    assert done.returncode == 1 and done.stdout == ""
+    assert done.stderr.startswith("error: Redis is unreachable") and len(done.stderr.splitlines()) == 1
+
+
+def test_a_dead_letter_key_of_the_wrong_type_is_one_line_and_status_goes_on(r):
+    r.hset(keys().dead_letter, "x", "y")
+
+    failed = cli("dlq", "list", exit_code=1)
+    snapshot = json.loads(cli("status", "--json").stdout)
+
+    assert failed.stderr.startswith("error: Redis refused a command: WRONGTYPE") and failed.stdout == ""
+    assert len(failed.stderr.strip().splitlines()) == 1
+    assert snapshot["dead_letter"] == 0 and any("WRONGTYPE" in p for p in snapshot["problems"])
+
+
+def test_the_quarantine_command_lists_and_purges_records(app, r):
+    k = keys()
+    r.hset(k.active, mapping={"a": "[1]", "b": "{"})
+    sweeper.sweep(app)
+
+    listed = json.loads(cli("quarantine", "--json").stdout)
+    table = cli("quarantine", "list").stdout
+    status = json.loads(cli("status", "--json").stdout)
+    purged_one = json.loads(cli("quarantine", "purge", listed["records"][0]["id"], "--json").stdout)
+    purged_all = json.loads(cli("quarantine", "purge", "--all", "--json").stdout)
+
+    assert listed["total"] == 2 and {rec["field"] for rec in listed["records"]} == {"a", "b"}
+    assert {rec["found_by"] for rec in listed["records"]} == {"sweep"}
+    assert "jobs:active" in table and "not JSON" in table
+    assert status["quarantined"] == 2
+    assert purged_one == {"purged": 1} and purged_all == {"purged": 1} and quarantine.count() == 0
