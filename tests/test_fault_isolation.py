@@ -370,3 +370,142 @@ def test_the_quarantine_command_lists_and_purges_records(app, r):
     assert "jobs:active" in table and "not JSON" in table
     assert status["quarantined"] == 2
     assert purged_one == {"purged": 1} and purged_all == {"purged": 1} and quarantine.count() == 0
+
+
+# -- acceptance: hostile data everywhere at once (issue 15) -------------------------------------------
+#: Text that is seldom a record: random bytes, random text, JSON of the wrong kinds, broken JSON.
+JUNK = st.one_of(
+    st.binary(max_size=24), st.text(max_size=24),
+    st.sampled_from(['"text"', "7", "-1.5", "null", "true", "[]", "{}", "[1, [2]]", '{"a": {"b": []}}', "{",
+                     "NaN", "1e999", "[" * 64, "\x1b[2J[/x]"]))
+#: Values of the wrong type for a field (a number that is a string, a list where an object belongs ...).
+WRONG = st.sampled_from(["soon", "7", [], [1, "x"], {}, {"a": 1}, True, -1.5, 7])
+
+
+def bad_json(good: dict, wrong=WRONG) -> st.SearchStrategy:
+    """A record like ``good`` with one field of a wrong type, or ``good`` inside a list, or junk."""
+    return st.one_of(JUNK, st.just(json.dumps([good])),
+                     st.builds(lambda name, value: json.dumps({**good, name: value}), st.sampled_from(sorted(good)),
+                               wrong))
+
+
+#: Every key the platform reads, and a value of another Redis type for it.
+READ_KEYS = {
+    "jobs:active": "hash", "jobs:active:deadlines": "zset", "workers:heartbeats": "zset", "workers:info": "hash",
+    "workers:health": "hash", "unacked": "hash", "unacked_index": "zset", "jobs:scheduled": "zset",
+    "jobs:scheduled:payloads": "hash", "jobs:dead_letter": "list", "circuit_breakers:status": "hash",
+    "errors:timeline": "zset", "errors:patterns": "hash", "beat:published": "hash", "quarantine": "hash",
+    "quarantine:index": "zset",
+}
+
+COMMANDS = [["status"], ["dlq", "list"], ["dlq", "show", "good-dead"], ["dlq", "stats"], ["dlq", "replay", "--all"],
+            ["dlq", "purge", "--malformed", "--dry-run"], ["breakers"], ["breakers", "reset", "good-breaker"],
+            ["errors"], ["sweep"], ["health", "beat"], ["health", "workers", "--timeout", "0.2"],
+            ["quarantine", "list"], ["quarantine", "purge", "--all"]]
+
+
+def _key(name: str) -> str:
+    return name if name.startswith("unacked") else keys().custom(name)
+
+
+def _give_wrong_type(r, name: str) -> None:
+    key = _key(name)
+    r.delete(key)
+    {"hash": lambda: r.rpush(key, "a list"), "zset": lambda: r.set(key, "a string"),
+     "list": lambda: r.hset(key, "a", "hash")}[READ_KEYS[name]]()
+
+
+def _run_cli(argv: list[str]) -> None:
+    result = CliRunner(env=WIDE).invoke(main, argv)
+    alerts.flush()  # an alert a command raised is logged by its sender thread: not into the next command
+    where = f"{argv}: {result.output!r}"
+    assert result.exception is None or isinstance(result.exception, SystemExit), (where, result.exc_info)
+    assert result.exit_code in (0, 1) and "Traceback" not in result.output, where
+    if result.exit_code == 1 and not result.stdout:  # an error: one line
+        assert len(result.stderr.splitlines()) == 1, where
+    elif "--json" in argv:  # a report (health probes and refused replays exit 1 with one too)
+        assert isinstance(json.loads(result.stdout), (dict, list, type(None))), where
+
+
+# Bounded (the whole suite stays within minutes) and without shrinking: an example costs ~0.2 s and
+# shrinking one would outlast the test's timeout, so a failing example is reported as drawn.
+@settings(max_examples=25, deadline=None, database=None, phases=[Phase.explicit, Phase.generate],
+          suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
+@given(data=st.data())
+def test_hostile_data_never_stops_a_subsystem_and_every_good_record_is_processed(app, r, data):
+    r.flushall()
+    with spool._db() as conn:
+        conn.execute("DELETE FROM spooled_jobs")
+    k, now = keys(), time.time()
+    # Given a good record of every kind ...
+    r.hset(k.active, "good-active", json.dumps(registry_entry("good-active")))
+    info = {"hostname": "live@h", "pid": 2, "at": now, "started_at": now, "tags": []}
+    r.zadd(k.worker_heartbeats, {"live@h|1": now})
+    r.hset(k.worker_info, "live@h|1", json.dumps(info))
+    _, envelope = captured(app, "good-orphan")
+    r.hset("unacked", "tag-good", json.dumps([json.loads(envelope), "celery", "celery"]))
+    r.zadd("unacked_index", {"tag-good": OLD})
+    queue_key, envelope = captured(app, "good-later")
+    r.hset(k.scheduled_payloads, "good-later", json.dumps({"queue": queue_key, "message": envelope}))
+    r.zadd(k.scheduled, {"good-later": now - 10})
+    r.lpush(k.dead_letter, json.dumps(dead_letter_entry("good-dead")))
+    breaker_record = {"state": "open", "failures": 5, "opened_at": now, "reset_timeout_sec": 60}
+    r.hset(k.breakers_status, "good-breaker", json.dumps(breaker_record))
+    error = {"error_id": "e1", "component": "task", "operation": "tests.add", "error_type": "E", "error_message": "m",
+             "fingerprint": "f", "context": {}, "timestamp": now}
+    r.zadd(k.errors_timeline, {json.dumps(error): now * 1000})
+    r.hset(k.errors_patterns, "task:tests.add:E", 2)
+    spool.append("tests.add", [1, 2], {}, "good-spool", {})
+    # ... and bad ones next to them: broken records, and keys of the wrong type
+    for i, raw in enumerate(data.draw(st.lists(bad_json(registry_entry("x")), max_size=3), "jobs:active")):
+        r.hset(k.active, f"bad-{i}", raw)
+        r.zadd(k.active_deadlines, {f"bad-{i}": OLD})
+    if data.draw(st.booleans(), "bad info of the live worker"):
+        r.hset(k.worker_info, "live@h|1", data.draw(bad_json(info, st.sampled_from(["soon", [], {}])), "info"))
+    for raw in data.draw(st.lists(JUNK, max_size=2), "heartbeats"):
+        r.zadd(k.worker_heartbeats, {raw: now})
+    for i, raw in enumerate(data.draw(st.lists(st.one_of(JUNK, bad_json(json.loads(envelope)).map(
+            lambda message: f'[{message}, "celery", "celery"]')), max_size=3), "unacked")):
+        r.hset("unacked", f"tag-bad-{i}", raw)
+        r.zadd("unacked_index", {f"tag-bad-{i}": OLD})
+    for i, raw in enumerate(data.draw(st.lists(bad_json({"queue": queue_key, "message": envelope}), max_size=3),
+                                      "delayed runs")):
+        r.hset(k.scheduled_payloads, f"bad-{i}", raw)
+        r.zadd(k.scheduled, {f"bad-{i}": now - 20, f"no-payload-{i}": now - 20})
+    for raw in data.draw(st.lists(bad_json(dead_letter_entry("x")), max_size=3), "dead letters"):
+        r.lpush(k.dead_letter, raw)
+    for i, raw in enumerate(data.draw(st.lists(bad_json(breaker_record), max_size=2), "breakers")):
+        r.hset(k.breakers_status, f"bad-{i}", raw)
+    for raw in data.draw(st.lists(bad_json(error), max_size=2), "timeline"):
+        r.zadd(k.errors_timeline, {raw: now * 1000})
+    for i, raw in enumerate(data.draw(st.lists(JUNK, max_size=2), "patterns")):
+        r.hset(k.errors_patterns, f"task:bad-{i}:E", raw)
+    for i, raw in enumerate(data.draw(st.lists(JUNK, max_size=2), "registrations")):
+        r.hset(k.worker_health, f"w-{i}", raw)
+    for i, (args, kwargs, options) in enumerate(data.draw(st.lists(st.tuples(
+            JUNK | st.just("[1, 2]"), JUNK | st.just("{}"), bad_json({"queue": "celery"}) | st.just("{}")),
+            max_size=3), "spool rows")):
+        _spool_row(f"bad-spool-{i}", args, kwargs, options)
+    wrong = data.draw(st.sets(st.sampled_from(sorted(READ_KEYS)), max_size=3), "keys of the wrong type")
+    for name in wrong:
+        _give_wrong_type(r, name)
+
+    # When each subsystem runs once, and every command with and without --json
+    sweeper.sweep(app)
+    scheduler.promote_due()
+    published = spool.drain(lambda job: _publish_spooled(app, job, 10.0))
+    for argv in COMMANDS:
+        for extra in ([], ["--json"]):
+            _run_cli(argv + extra)
+
+    # Then every good record was processed
+    queued = set(queued_ids(r))
+    if "jobs:active" not in wrong:
+        assert "good-active" in queued
+    if not wrong & {"unacked", "unacked_index"}:
+        assert "good-orphan" in queued
+    if not wrong & {"jobs:scheduled", "jobs:scheduled:payloads"}:
+        assert "good-later" in queued
+    if "jobs:dead_letter" not in wrong:
+        assert "good-dead" in queued
+    assert published >= 1 and "good-spool" in queued and spool.count() == 0
