@@ -173,6 +173,8 @@ class Settings:
         "Largest encoded arguments a job may have; larger submissions raise PayloadTooLarge")
     spool_max_jobs: int = _setting("SPOOL_MAX_JOBS", 100000, _positive_int,
         "Most jobs the local publish spool holds; beyond it submission raises SpoolFull")
+    spool_check_interval_sec: float = _setting("SPOOL_CHECK_INTERVAL_SEC", 2.0, _positive_float,
+        "How often workers and beat look for jobs that any process left in the data dir's spool and publish them")
 
     platform_task_queue: str = _setting("PLATFORM_TASK_QUEUE", "", _plain_str,
         "Queue of the platform's own tasks (sweep, trims, alert rules, beat pulse); empty: the app's default "
