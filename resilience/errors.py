@@ -36,13 +36,21 @@ class ConfigurationError(ResilienceError):
 
 
 class SettingsError(ConfigurationError):
-    """An environment variable has a malformed value."""
+    """A setting has a malformed value.
+
+    The message names the setting; its value is shown only as far as it holds
+    no secret (:func:`resilience.settings.shown_value`): secret settings are
+    hidden and passwords in URLs masked. ``value`` keeps that shown form only.
+    """
 
     def __init__(self, name: str, value: str, reason: str) -> None:
+        from resilience.settings import HIDDEN, shown_value  # settings imports this module
+
         self.name = name
-        self.value = value
+        self.value = shown_value(name, value)
         self.reason = reason
-        super().__init__(f"{name}={value!r}: {reason}")
+        shown = f" (value {HIDDEN})" if self.value == HIDDEN else f"={self.value!r}"
+        super().__init__(f"{name}{shown}: {reason}")
 
 
 class UnknownTaskOption(ConfigurationError, TypeError):
