@@ -10,6 +10,7 @@
     ├── SubmissionError             a job could not be submitted; nothing enqueued
     │   ├── UnserializableArgument  an argument is not JSON (names it)
     │   ├── PayloadTooLarge         the message exceeds the size limit
+    │   ├── InvalidIdempotencyKey   an idempotency key that is blank or too long
     │   ├── BrokerUnavailable       Redis unreachable and spooling is off
     │   └── SpoolFull               Redis unreachable and the local spool is full
     ├── CircuitOpenError            a call was refused by an open circuit breaker
@@ -81,6 +82,10 @@ class UnserializableArgument(SubmissionError, TypeError):
 
 class PayloadTooLarge(SubmissionError, ValueError):
     """A job's encoded arguments exceed the configured size limit."""
+
+
+class InvalidIdempotencyKey(SubmissionError, ValueError):
+    """An explicit idempotency key is blank or longer than the limit; nothing was claimed or enqueued."""
 
 
 class BrokerUnavailable(SubmissionError, ConnectionError):
