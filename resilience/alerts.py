@@ -28,8 +28,17 @@ Payload (DESIGN.md)::
      "context": {..., "rule": ..., "subject": ...}, "timestamp": <ISO 8601 UTC>,
      "environment": RESILIENCE_ENVIRONMENT}
 
-with header ``X-Resilience-Signature: sha256=<hex HMAC-SHA256 of the exact body
-with ALERT_WEBHOOK_SECRET>`` (:func:`sign`, :func:`verify`). A summary has
+with, when ``ALERT_WEBHOOK_SECRET`` is set, three headers (:func:`signature_headers`)::
+
+    X-Resilience-Signature: sha256=<hex HMAC-SHA256 of the exact body>             (DESIGN.md)
+    X-Resilience-Timestamp: <unix seconds when the attempt was signed>
+    X-Resilience-Signature-Timestamped: sha256=<hex HMAC-SHA256 of b"<timestamp>." + body>
+
+The first is the contract's and stays for existing receivers (:func:`sign`,
+:func:`verify`); it cannot tell a replayed alert from a fresh one. The
+timestamped one can: :func:`verify_request` accepts it only while the
+timestamp is within ``tolerance_sec`` (:data:`DEFAULT_TOLERANCE_SEC`, 300 s)
+of the receiver's clock, either way. Each attempt is signed afresh. A summary has
 ``context.summary = true`` and ``context.suppressed = <repeats>``. The context
 is redacted before it is queued.
 """
@@ -42,9 +51,11 @@ import json
 import logging
 import os
 import queue
+import re
 import socket
 import threading
 import time
+from collections.abc import Mapping
 from datetime import UTC, datetime
 from typing import Any
 from urllib.parse import urlsplit
@@ -56,26 +67,91 @@ from resilience.settings import Settings, get_settings
 from resilience.store import load_script
 
 __all__ = [
-    "LEVELS", "SIGNATURE_HEADER", "alert", "build_payload", "check_webhook", "flush", "post", "send_due_summaries",
-    "sign", "verify",
+    "DEFAULT_TOLERANCE_SEC", "LEVELS", "SIGNATURE_HEADER", "TIMESTAMPED_SIGNATURE_HEADER", "TIMESTAMP_HEADER", "alert",
+    "build_payload", "check_webhook", "flush", "post", "send_due_summaries", "sign", "sign_timestamped",
+    "signature_headers", "verify", "verify_request",
 ]
 
 log = logging.getLogger(__name__)
 
 LEVELS = ("critical", "warning", "info")
+#: HMAC-SHA256 of the body alone (DESIGN.md); kept for existing receivers.
 SIGNATURE_HEADER = "X-Resilience-Signature"
+#: Unix seconds (an integer) when the attempt was signed.
+TIMESTAMP_HEADER = "X-Resilience-Timestamp"
+#: HMAC-SHA256 of ``b"<timestamp>." + body``: what :func:`verify_request` checks.
+TIMESTAMPED_SIGNATURE_HEADER = "X-Resilience-Signature-Timestamped"
+#: How far a timestamp may be from the receiver's clock (either way) by default.
+DEFAULT_TOLERANCE_SEC = 300
+_TIMESTAMP_RE = re.compile(r"[0-9]{1,15}")
 _SEP = "\x1f"
 _SUMMARY_POLL_SEC = 0.5
 
 
 def sign(body: bytes, secret: str) -> str:
-    """The signature header value of ``body``: ``sha256=<hex HMAC-SHA256>``."""
+    """The ``X-Resilience-Signature`` value of ``body``: ``sha256=<hex HMAC-SHA256>``."""
     return "sha256=" + hmac.new(secret.encode(), body, hashlib.sha256).hexdigest()
 
 
+def sign_timestamped(body: bytes, secret: str, timestamp: int) -> str:
+    """The ``X-Resilience-Signature-Timestamped`` value: HMAC-SHA256 of ``b"<timestamp>." + body``."""
+    return "sha256=" + hmac.new(secret.encode(), f"{int(timestamp)}.".encode() + body, hashlib.sha256).hexdigest()
+
+
+def signature_headers(body: bytes, secret: str, *, now: float | None = None) -> dict[str, str]:
+    """The three signature headers of one attempt to send ``body``, signed at ``now`` (default: the clock)."""
+    timestamp = int(time.time() if now is None else now)
+    return {SIGNATURE_HEADER: sign(body, secret), TIMESTAMP_HEADER: str(timestamp),
+            TIMESTAMPED_SIGNATURE_HEADER: sign_timestamped(body, secret, timestamp)}
+
+
+def _same(expected: str, given: str) -> bool:
+    """Constant-time equality; ``given`` may hold any text (it came from the network)."""
+    return hmac.compare_digest(expected.encode(), given.encode("utf-8", "replace"))
+
+
 def verify(body: bytes, header: str | None, secret: str) -> bool:
-    """Whether ``header`` is the signature of ``body`` (constant-time comparison)."""
-    return bool(header) and hmac.compare_digest(sign(body, secret), header)
+    """Whether ``header`` is the ``X-Resilience-Signature`` of ``body`` (constant-time comparison).
+
+    It proves who sent the body, not when: prefer :func:`verify_request`, which
+    also refuses a replayed alert.
+    """
+    return bool(header) and _same(sign(body, secret), header)
+
+
+def _header(headers: Mapping[str, str], name: str) -> str | None:
+    value = headers.get(name)  # case-insensitive already in http.server, httpx, requests, Werkzeug, Starlette
+    if value is None:
+        wanted = name.lower()
+        value = next((v for k, v in headers.items() if str(k).lower() == wanted), None)
+    return value
+
+
+def verify_request(body: bytes, headers: Mapping[str, str], secret: str, *,
+                   tolerance_sec: float = DEFAULT_TOLERANCE_SEC, now: float | None = None) -> bool:
+    """Whether a received alert is authentic and fresh: the receiver's check.
+
+    ``body`` is the raw request body (before any JSON parsing), ``headers`` the
+    request's headers (any mapping; names are matched without regard to case).
+    True when ``X-Resilience-Timestamp`` is an integer within ``tolerance_sec``
+    of ``now`` (default: the clock), either way, and
+    ``X-Resilience-Signature-Timestamped`` is the HMAC-SHA256 of
+    ``b"<timestamp>." + body`` with ``secret`` (constant-time comparison).
+    A stale or future timestamp (a replay, or a clock far off) is refused. Within
+    the tolerance a captured request still verifies: a receiver that must act
+    once per alert also remembers the signatures it saw for ``tolerance_sec``.
+    """
+    if not tolerance_sec >= 0:
+        raise ValueError(f"tolerance_sec must be a number of seconds >= 0, not {tolerance_sec!r}")
+    timestamp = _header(headers, TIMESTAMP_HEADER)
+    signature = _header(headers, TIMESTAMPED_SIGNATURE_HEADER)
+    if not timestamp or not signature or not _TIMESTAMP_RE.fullmatch(timestamp.strip()):
+        return False
+    signed_at = int(timestamp.strip())
+    now = time.time() if now is None else now
+    if abs(now - signed_at) > tolerance_sec:
+        return False
+    return _same(sign_timestamped(body, secret, signed_at), signature.strip())
 
 
 def build_payload(*, level: str, title: str, message: str, component: str, context: dict[str, Any] | None,
@@ -274,11 +350,11 @@ def post(payload: dict[str, Any], *, settings: Settings | None = None) -> bool:
 
     body = json.dumps(payload, separators=(",", ":"), sort_keys=True).encode()
     headers = {"Content-Type": "application/json", "User-Agent": "celery-resilience-alerts"}
-    if settings.alert_webhook_secret:
-        headers[SIGNATURE_HEADER] = sign(body, settings.alert_webhook_secret)
     backoff = ExponentialBackoff(base=0.5, cap=8.0, jitter=True)
     attempts = settings.alert_webhook_retries + 1
     for attempt in range(attempts):
+        if settings.alert_webhook_secret:  # signed per attempt: a retry carries a fresh timestamp
+            headers.update(signature_headers(body, settings.alert_webhook_secret))
         try:
             response = httpx.post(url, content=body, headers=headers, timeout=settings.alert_webhook_timeout_sec)
             if response.status_code < 500 and response.status_code != 429:
