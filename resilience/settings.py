@@ -333,9 +333,11 @@ class Settings:
     error_buffer_max: int = _setting("ERROR_BUFFER_MAX", 10000, _positive_int,
         "Error records a process buffers while Redis is slow or away; beyond it the oldest are dropped")
     alert_webhook_timeout_sec: float = _setting("ALERT_WEBHOOK_TIMEOUT_SEC", 5.0, _positive_float,
-        "Connect/read timeout of one webhook POST")
+        "Longest one webhook POST may take, from connecting to the reply's status (a slow trickle is cut off)")
     alert_webhook_retries: int = _setting("ALERT_WEBHOOK_RETRIES", 3, _non_negative_int,
         "Further attempts after a failed webhook POST (capped exponential backoff from 0.5 s)")
+    alert_webhook_deadline_sec: float = _setting("ALERT_WEBHOOK_DEADLINE_SEC", 30.0, _positive_float,
+        "Longest one alert's delivery may take, every attempt and pause included; then it is logged as lost")
     alert_queue_max: int = _setting("ALERT_QUEUE_MAX", 1000, _positive_int,
         "Alerts a process holds for its sender thread; beyond it new alerts are dropped and logged")
     alert_evaluate_interval_sec: int = _setting("ALERT_EVALUATE_INTERVAL_SEC", 30, _positive_int,
