@@ -79,11 +79,14 @@ def _masked_param(param: str) -> str:
 def shown_value(name: str, raw: Any) -> str:
     """How the value of setting ``name`` may appear in a message or a log line.
 
-    Secret settings (:data:`SECRET_SETTINGS`, or a name saying SECRET, PASSWORD,
-    TOKEN, DSN, AUTH or CREDENTIAL) are :data:`HIDDEN`; any other value that
-    holds a URL or an ``@`` is shown through :func:`masked_url`.
+    Secret settings are :data:`HIDDEN`: :data:`SECRET_SETTINGS` in any case and
+    with any prefix (``alert_webhook_url`` from the app's configuration,
+    ``RESILIENCE_ALERT_WEBHOOK_URL``), and any name saying SECRET, PASSWORD,
+    TOKEN, DSN, AUTH or CREDENTIAL. Any other value that holds a URL or an
+    ``@`` is shown through :func:`masked_url`.
     """
-    if name in SECRET_SETTINGS or _SECRET_NAME_RE.search(name):
+    upper = name.upper()
+    if any(upper.endswith(secret) for secret in SECRET_SETTINGS) or _SECRET_NAME_RE.search(name):
         return HIDDEN
     text = str(raw)
     if "://" in text or "@" in text:

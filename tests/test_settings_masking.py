@@ -62,7 +62,8 @@ def test_a_bad_secret_setting_is_named_and_its_value_never_shown(name, raw):
 
 
 @pytest.mark.parametrize("name", ["ALERT_WEBHOOK_SECRET", "SENTRY_DSN", "FLOWER_BASIC_AUTH", "ALERT_WEBHOOK_URL",
-                                  "SOME_API_TOKEN", "DB_PASSWORD"])
+                                  "alert_webhook_url", "resilience_alert_webhook_url", "SOME_API_TOKEN",
+                                  "DB_PASSWORD"])
 def test_any_error_about_a_secret_setting_hides_its_value(name):
     """The rule lives in SettingsError itself, so no code path that raises it can echo a secret."""
     message = str(SettingsError(name, PASSWORD, "rejected"))
