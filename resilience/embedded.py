@@ -31,13 +31,13 @@ import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from urllib.parse import quote, urlsplit, urlunsplit
+from urllib.parse import quote
 
 import redis
 
 from resilience.errors import EmbeddedRedisError, RedisNotRunning
 from resilience.localfiles import private_dir, private_file, write_private
-from resilience.settings import Settings, get_settings
+from resilience.settings import Settings, get_settings, masked_url
 
 __all__ = ["RedisServerProcess", "embedded_url", "ensure_embedded", "find_redis_binary", "forbid_autostart",
            "started_here", "stop_embedded", "stop_on_exit_by_caller"]
@@ -101,16 +101,6 @@ def _die_with_parent() -> None:
 #: anywhere the server may (CONFIG SET dir), load code (MODULE LOAD), crash it
 #: (DEBUG) or hand the data to another server (REPLICAOF, MIGRATE).
 DISABLED_COMMANDS = ("CONFIG", "MODULE", "DEBUG", "SLAVEOF", "REPLICAOF", "MIGRATE", "ACL")
-
-
-def mask_url(url: str) -> str:
-    """``url`` with its password replaced by ``***`` (for logs and terminals)."""
-    parts = urlsplit(url)
-    if parts.password is None:
-        return url
-    netloc = parts.netloc.rsplit("@", 1)[1]
-    user = parts.username or ""
-    return urlunsplit(parts._replace(netloc=f"{user}:***@{netloc}"))
 
 
 def _port_is_free(port: int) -> bool:
@@ -408,7 +398,7 @@ def ensure_embedded(settings: Settings | None = None, *, announce: bool = True) 
     if announce and not _owner:
         log.warning("started an embedded redis-server for %s (pid %s, %s); it keeps running for the "
                     "platform's other processes: stop it with `resilience down`", data_dir, server.pid,
-                    mask_url(server.url))
+                    masked_url(server.url))
     return server.url, server.pid
 
 
