@@ -1,14 +1,4 @@
-"""Test helpers shipped with the library, so users test their tasks as we test ours.
-
-* :func:`wait_for` waits on a condition with a deadline (never sleep to synchronise);
-* :class:`~resilience.embedded.RedisServerProcess` is a private redis-server
-  that a test can stop, kill (SIGKILL), freeze (SIGSTOP) and restart;
-* :func:`configure` points this process (settings, store, Celery app) at a Redis
-  and applies setting overrides;
-* :func:`in_process_worker` runs a real Celery worker in a thread (fast);
-* :class:`SubprocessWorker` runs a real worker as a child process that a test
-  can kill, with its output in a log file.
-"""
+"""Real Celery workers for tests: in a thread of this process, or a child process to kill."""
 
 from __future__ import annotations
 
@@ -18,99 +8,14 @@ import os
 import signal
 import subprocess
 import sys
-import time
 import uuid
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
-from resilience.embedded import RedisServerProcess, find_redis_binary, free_port
-from resilience.settings import current_override, env_fields, load_settings, reset_settings
-from resilience.store import reset_redis
+from resilience.testing.waiting import wait_for
 
-__all__ = [
-    "RedisServerProcess", "SubprocessWorker", "configure", "find_redis_binary", "free_port",
-    "in_process_worker", "settings_env", "start_private_redis", "wait_for",
-]
-
-T = TypeVar("T")
-
-
-def start_private_redis(directory: Path, *, appendonly: bool = True) -> RedisServerProcess:
-    """Start a redis-server of this process's own (free port, data in ``directory``) and
-    point this process and its children at it (``REDIS_URL``, settings re-read)."""
-    server = RedisServerProcess(binary=find_redis_binary(load_settings()), directory=Path(directory),
-                                appendonly=appendonly).start()
-    os.environ["REDIS_URL"] = server.url
-    reset_settings()
-    reset_redis()
-    return server
-
-
-def wait_for(predicate: Callable[[], T], timeout: float = 10.0, interval: float = 0.05,
-             message: str | Callable[[], str] = "condition") -> T:
-    """Poll ``predicate`` until it returns a truthy value; fail after ``timeout`` s.
-
-    Exceptions raised by the predicate count as "not yet" (the last one is
-    reported on timeout), so a check may talk to a Redis that is coming back.
-    """
-    deadline = time.monotonic() + timeout
-    last_error: BaseException | None = None
-    while True:
-        try:
-            value = predicate()
-            if value:
-                return value
-        except Exception as err:  # noqa: BLE001 - reported below
-            last_error = err
-        if time.monotonic() >= deadline:
-            text = message() if callable(message) else message
-            detail = f" (last error: {last_error!r})" if last_error else ""
-            raise AssertionError(f"timed out after {timeout}s waiting for {text}{detail}")
-        time.sleep(interval)
-
-
-_FIELD_BY_ENV = {f.metadata["env"]: f.name for f in env_fields()}
-_ENV_BY_FIELD = {v: k for k, v in _FIELD_BY_ENV.items()}
-
-
-def settings_env(**overrides: Any) -> dict[str, str]:
-    """Environment variables for setting overrides given by field name
-    (``worker_heartbeat_timeout_sec=5``) or variable name (``FEATURE_IDEMPOTENCY="false"``)."""
-    env = {}
-    for name, value in overrides.items():
-        var = _ENV_BY_FIELD.get(name, name)
-        if var not in _FIELD_BY_ENV:
-            raise KeyError(f"unknown setting {name!r}")
-        env[var] = ("true" if value else "false") if isinstance(value, bool) else ("" if value is None else str(value))
-    return env
-
-
-@contextlib.contextmanager
-def configure(redis_url: str | None = None, **overrides: Any) -> Iterator[None]:
-    """Point this process at ``redis_url`` with setting overrides, then restore.
-
-    The environment is changed too, so subprocess workers started inside the
-    block see the same settings.
-    """
-    env = settings_env(**overrides)
-    if redis_url is not None:
-        env["REDIS_URL"] = redis_url
-    saved = {k: os.environ.get(k) for k in env}
-    os.environ.update(env)
-    forced = current_override()
-    try:
-        reset_settings(None if forced is None else load_settings())
-        reset_redis()
-        yield
-    finally:
-        for k, v in saved.items():
-            if v is None:
-                os.environ.pop(k, None)
-            else:
-                os.environ[k] = v
-        reset_settings(forced)
-        reset_redis()
+__all__ = ["SubprocessWorker", "in_process_worker", "worker_health_url"]
 
 
 @contextlib.contextmanager
@@ -150,7 +55,7 @@ class SubprocessWorker:
             argv += ["-I", module]
         self.argv = argv + list(extra_args or ())
         self.env = {**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}
-        root = str(Path(__file__).resolve().parent.parent)
+        root = str(Path(__file__).resolve().parents[2])
         self.env["PYTHONPATH"] = os.pathsep.join(filter(None, [root, self.env.get("PYTHONPATH")]))
         self.cwd = cwd or root
         self.process: subprocess.Popen | None = None
@@ -221,16 +126,6 @@ class SubprocessWorker:
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
-
-
-def hold_outage(seconds: float) -> None:
-    """Keep Redis away for a scenario's stated duration.
-
-    An outage's length is part of the scenario (a 5 s outage, one longer than
-    the clients' retries), not synchronisation: tests wait on conditions with
-    :func:`wait_for`, and use this only to say how long Redis stays down.
-    """
-    time.sleep(seconds)
 
 
 def worker_health_url(r, worker: SubprocessWorker, timeout: float = 60.0) -> str:
