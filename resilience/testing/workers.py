@@ -38,26 +38,39 @@ def in_process_worker(app, *, concurrency: int = 4, pool: str = "threads", hostn
 
 
 class SubprocessWorker:
-    """A real ``celery -A tasks worker`` child process that a test can kill.
+    """A real ``celery -A <app> worker`` child process that a test can kill.
 
+    ``app`` names the Celery app as ``celery -A`` does (``proj.celery:app``);
+    the default is the bundled app, run from the checkout (``cwd`` and the
+    import path default to it, so ``include=["tests.jobs"]`` works). With an
+    ``app`` of your own, ``cwd`` defaults to the current directory, which is
+    put on the worker's import path together with ``pythonpath``.
+    ``queues`` become ``-Q`` (default: the app's default queue).
     ``env`` is added to this process's environment (use :func:`settings_env`).
     Output goes to ``log_path``; :meth:`wait_ready` waits for Celery's "ready." line.
     """
 
-    def __init__(self, log_dir: Path, *, name: str | None = None, concurrency: int = 1,
-                 pool: str = "prefork", include: list[str] | None = None, env: Mapping[str, str] | None = None,
-                 extra_args: list[str] | None = None, cwd: str | None = None) -> None:
+    def __init__(self, log_dir: Path, *, app: str | None = None, name: str | None = None, concurrency: int = 1,
+                 pool: str = "prefork", include: list[str] | None = None, queues: list[str] | None = None,
+                 env: Mapping[str, str] | None = None, extra_args: list[str] | None = None,
+                 cwd: str | None = None, pythonpath: list[str] | None = None) -> None:
+        from resilience.runtime import BUNDLED_APP
+
+        self.app = app or BUNDLED_APP
         self.name = name or f"sub-{uuid.uuid4().hex[:6]}@test"
         self.log_path = Path(log_dir) / f"{self.name.replace('@', '_')}.log"
-        argv = [sys.executable, "-m", "celery", "-A", "tasks", "worker", "-n", self.name,
+        argv = [sys.executable, "-m", "celery", "-A", self.app, "worker", "-n", self.name,
                 "-c", str(concurrency), "-P", pool, "-l", "INFO", "--without-mingle", "--without-gossip"]
         for module in include or ():
             argv += ["-I", module]
+        if queues:
+            argv += ["-Q", ",".join(queues)]
         self.argv = argv + list(extra_args or ())
         self.env = {**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}
-        root = str(Path(__file__).resolve().parents[2])
-        self.env["PYTHONPATH"] = os.pathsep.join(filter(None, [root, self.env.get("PYTHONPATH")]))
-        self.cwd = cwd or root
+        checkout = str(Path(__file__).resolve().parents[2]) if app is None else None
+        self.cwd = cwd or checkout or os.getcwd()
+        path = [*(pythonpath or ()), self.cwd, checkout, self.env.get("PYTHONPATH")]
+        self.env["PYTHONPATH"] = os.pathsep.join(dict.fromkeys(filter(None, path)))
         self.process: subprocess.Popen | None = None
 
     def start(self) -> SubprocessWorker:
