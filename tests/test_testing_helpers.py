@@ -8,7 +8,7 @@ import re
 import pytest
 
 from resilience import idempotency
-from resilience.testing import JobInspector, PrivateRedis, SubprocessWorker, in_process_worker, recorder, wait_for
+from resilience.testing import JobInspector, PrivateRedis, SubprocessWorker, recorder, wait_for
 
 
 @pytest.fixture
