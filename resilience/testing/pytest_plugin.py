@@ -46,6 +46,7 @@ test process and in every worker these fixtures start.
 
 from __future__ import annotations
 
+import atexit
 import os
 import sys
 from pathlib import Path
@@ -66,7 +67,11 @@ def pytest_addoption(parser: pytest.Parser) -> None:
 # -- Redis --------------------------------------------------------------------------------
 @pytest.fixture(scope="session")
 def resilience_redis(tmp_path_factory: pytest.TempPathFactory):
-    """A private redis-server for the session; this process and its workers use it."""
+    """A private redis-server for the session; this process and its workers use it.
+
+    At the end of the session the environment is restored; the server itself
+    runs until the process exits, for the platform's background threads.
+    """
     from resilience.embedded import forbid_autostart
     from resilience.settings import reset_settings
     from resilience.store import reset_redis
@@ -97,8 +102,10 @@ def resilience_redis(tmp_path_factory: pytest.TempPathFactory):
             else:
                 os.environ[name] = value
         reset_settings()
-        reset_redis()
-        server.stop()
+        # The platform's background threads (alert summaries, deferred writes) may still touch
+        # Redis until the process exits: they keep talking to this server, stopped at exit.
+        reset_redis(server.url)
+        atexit.register(server.stop)
 
 
 @pytest.fixture(autouse=True)
