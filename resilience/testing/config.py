@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import contextlib
 import os
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from typing import Any
 
 from resilience.settings import current_override, env_fields, load_settings, reset_settings
 from resilience.store import reset_redis
 
-__all__ = ["configure", "settings_env"]
+__all__ = ["configure", "patched_environ", "settings_env"]
 
 _FIELD_BY_ENV = {f.metadata["env"]: f.name for f in env_fields()}
 _ENV_BY_FIELD = {v: k for k, v in _FIELD_BY_ENV.items()}
@@ -38,12 +38,23 @@ def configure(redis_url: str | None = None, **overrides: Any) -> Iterator[None]:
     env = settings_env(**overrides)
     if redis_url is not None:
         env["REDIS_URL"] = redis_url
-    saved = {k: os.environ.get(k) for k in env}
-    os.environ.update(env)
     forced = current_override()
     try:
-        reset_settings(None if forced is None else load_settings())
+        with patched_environ(env):
+            reset_settings(None if forced is None else load_settings())
+            reset_redis()
+            yield
+    finally:
+        reset_settings(forced)
         reset_redis()
+
+
+@contextlib.contextmanager
+def patched_environ(env: Mapping[str, str]) -> Iterator[None]:
+    """Set ``env`` in ``os.environ`` for the block, then put back what was there."""
+    saved = {k: os.environ.get(k) for k in env}
+    os.environ.update(env)
+    try:
         yield
     finally:
         for k, v in saved.items():
@@ -51,5 +62,3 @@ def configure(redis_url: str | None = None, **overrides: Any) -> Iterator[None]:
                 os.environ.pop(k, None)
             else:
                 os.environ[k] = v
-        reset_settings(forced)
-        reset_redis()

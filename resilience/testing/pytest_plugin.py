@@ -75,6 +75,7 @@ def resilience_redis(tmp_path_factory: pytest.TempPathFactory):
     from resilience.embedded import forbid_autostart
     from resilience.settings import reset_settings
     from resilience.store import reset_redis
+    from resilience.testing.config import patched_environ
     from resilience.testing.servers import PrivateRedis
 
     # Nothing in this process may start an embedded Redis in the project's directory, not even a
@@ -89,23 +90,15 @@ def resilience_redis(tmp_path_factory: pytest.TempPathFactory):
         "RESILIENCE_DATA_DIR": str(root / "data"),
         "HEALTH_PORT": "0",
     }
-    saved = {name: os.environ.get(name) for name in env}
-    os.environ.update(env)
-    reset_settings()
-    reset_redis()
-    try:
-        yield server
-    finally:
-        for name, value in saved.items():
-            if value is None:
-                os.environ.pop(name, None)
-            else:
-                os.environ[name] = value
+    with patched_environ(env):
         reset_settings()
-        # The platform's background threads (alert summaries, deferred writes) may still touch
-        # Redis until the process exits: they keep talking to this server, stopped at exit.
-        reset_redis(server.url)
-        atexit.register(server.stop)
+        reset_redis()
+        yield server
+    reset_settings()
+    # The platform's background threads (alert summaries, deferred writes) may still touch
+    # Redis until the process exits: they keep talking to this server, stopped at exit.
+    reset_redis(server.url)
+    atexit.register(server.stop)
 
 
 @pytest.fixture(autouse=True)
