@@ -169,8 +169,7 @@ def resilience_app(resilience_redis, resilience_celery_app):
     runtime.bind(app)
     reset_settings()
     reset_redis()
-    if not get_redis().ping():  # pragma: no cover - PING answers or raises
-        raise RuntimeError(f"the platform cannot reach the private Redis at {url}")
+    get_redis().ping()  # the platform's own client reaches the private Redis, or this fails now
     recorder.enable()
     yield app
     recorder.disable()
