@@ -61,6 +61,7 @@ are bounded, and it tells whether anything was cut.
 
 from __future__ import annotations
 
+import itertools
 import json
 import re
 from collections.abc import Mapping
@@ -357,12 +358,14 @@ def clip(value: Any, max_bytes: int, *, tail: int = 0) -> Any:
 
     Strings are cut with :func:`truncate` (a top-level string keeps up to
     ``tail`` characters of its end); lists, tuples and sets become lists and
-    mappings dicts with string keys, each ending in a marker when cut
-    (``"…[N more items]"``, ``{"…": "[N more keys]"}``); containers deeper
-    than :data:`MAX_DEPTH` become a marker; other objects become ``str(obj)``
-    (as ``json.dumps(default=str)`` would) and ints beyond 256 bits a
-    description. The work done is proportional to ``max_bytes``, not to the
-    size of ``value``.
+    mappings dicts with string keys, each ending in a marker when items are
+    left out (``"…[N more items]"``, ``{"…": "[N more keys]"}``); containers
+    deeper than :data:`MAX_DEPTH` become a marker; other objects become
+    ``str(obj)`` (as ``json.dumps(default=str)`` would), bytes their repr
+    (the first 256) and ints beyond 256 bits a description. A value that fits
+    is kept whole; a container that does not shares its room out, so one big
+    item does not crowd out the small ones next to it. The work done grows
+    with ``max_bytes`` (and the nesting depth), not with the size of ``value``.
     """
     return _Clipper(mask=False).clip(value, max_bytes, tail)
 
@@ -371,161 +374,206 @@ def clip(value: Any, max_bytes: int, *, tail: int = 0) -> Any:
 
 _MAX_KEY_BYTES = 256
 _BIG_INT_BITS = 256
+_BYTES_SHOWN = 256  # bytes shown of a bytes value (its repr), the rest counted
 _SEQUENCES = (list, tuple, set, frozenset)
 _MORE_KEY_SIZE = len(json.dumps("…")) + 2  # the key of a mapping's "more" marker, and ": "
-_NO_FIT = 1 << 62  # the size reported for an item given no room at all
 _MORE_ROOM = _MORE_KEY_SIZE + len(json.dumps("[9999999999 more keys]")) + 2  # a "more" marker and its comma
+_MIN_SHARE = 16  # bytes each kept item of a container that does not fit gets at the least
+_TEXT, _SCALAR, _SEQUENCE, _MAPPING = range(4)
+
+
+_KINDS = {str: _TEXT, type(None): _SCALAR, bool: _SCALAR, float: _SCALAR, list: _SEQUENCE, tuple: _SEQUENCE,
+          dict: _MAPPING}
+
+
+def _kind(value: Any, depth: int) -> tuple[int, Any, bool]:
+    """``(kind, what to walk, whether it stands for more than it shows)``: how a value is copied."""
+    kind = _KINDS.get(type(value))
+    if kind is not None and (kind < _SEQUENCE or depth < MAX_DEPTH):
+        return kind, value, False
+    if isinstance(value, str):
+        return _TEXT, value, False
+    if value is None or isinstance(value, (bool, float)):
+        return _SCALAR, value, False
+    if isinstance(value, int):
+        if value.bit_length() > _BIG_INT_BITS:
+            return _TEXT, f"<int of {value.bit_length()} bits>", True
+        return _SCALAR, value, False
+    if isinstance(value, (Mapping, *_SEQUENCES)):
+        if depth >= MAX_DEPTH:
+            return _TEXT, f"…[nested deeper than {MAX_DEPTH}]", True
+        return (_MAPPING if isinstance(value, Mapping) else _SEQUENCE), value, False
+    if isinstance(value, (bytes, bytearray, memoryview)):
+        shown = bytes(value[:_BYTES_SHOWN])
+        if len(value) > len(shown):
+            return _TEXT, f"{shown!r}…[{len(value) - len(shown)} more bytes]", True
+        return _TEXT, repr(shown), False
+    return _TEXT, _as_text(value), False
 
 
 class _Clipper:
-    """One walk of :func:`clip`; ``cut`` tells whether it left anything out.
+    """One walk of :func:`clip` (with ``mask``: of :func:`redact_bounded`).
 
-    Each method returns ``(copy, length of its JSON)``, the length at most ``budget``.
+    ``value`` returns ``(copy, length of its JSON)``, the length at most ``budget``;
+    ``cut`` tells whether the walk left anything out. A container that fits whole is
+    kept whole; else it keeps as many items as can have _MIN_SHARE bytes each, and
+    shares its room out: items smaller than an equal share keep their size, the
+    others split what is left (:meth:`allot`). Sizes are measured up to a cap
+    (:meth:`measure`), so each level of nesting costs in proportion to its room.
     """
 
-    __slots__ = ("cut", "mask")
+    __slots__ = ("cut", "mask", "sizes")
 
     def __init__(self, mask: bool) -> None:
         self.cut = False
-        self.mask = mask  # also redact what is kept (redact_bounded)
+        self.mask = mask
+        self.sizes: dict[tuple[int, int], tuple[int, int]] = {}  # (id, depth) -> (size, cap it was measured to)
 
     def clip(self, value: Any, max_bytes: int, tail: int = 0) -> Any:
         return self.value(value, max(max_bytes, 2), 0, tail)[0]
 
     def value(self, value: Any, budget: int, depth: int, tail: int = 0) -> tuple[Any, int]:
-        if isinstance(value, str):
-            return self.text(value, budget, tail)
-        if value is None or isinstance(value, (bool, float)):
-            return self.scalar(value, budget)
-        if isinstance(value, int):
-            if value.bit_length() > _BIG_INT_BITS:
-                self.cut = True
-                return self.text(f"<int of {value.bit_length()} bits>", budget)
-            return self.scalar(value, budget)
-        container = isinstance(value, _SEQUENCES) or isinstance(value, Mapping)
-        if container and depth >= MAX_DEPTH:
-            self.cut = True
-            return self.text(f"…[nested deeper than {MAX_DEPTH}]", budget)
-        if isinstance(value, _SEQUENCES):
-            return self.sequence(value, budget, depth)
-        if container:
-            return self.mapping(value, budget, depth)
-        if isinstance(value, (bytes, bytearray, memoryview)):
-            raw = bytes(value[:budget // 8])  # a byte can take 8 characters of JSON (b'\\x00')
-            if len(value) > len(raw):
-                self.cut = True
-                return self.text(f"{raw!r}…[{len(value) - len(raw)} more bytes]", budget)
-            return self.text(repr(raw), budget)
-        return self.text(_as_text(value), budget)
+        kind, it, described = _kind(value, depth)
+        self.cut = self.cut or described
+        if kind == _TEXT:
+            return self.text(it, budget, tail)
+        if kind == _SCALAR:
+            size = len(json.dumps(it))
+            return (it, size) if size <= budget else self.text(str(it), budget)
+        if kind == _SEQUENCE:
+            return self.sequence(it, budget, depth)
+        return self.mapping(it, budget, depth)
 
-    def scalar(self, value: Any, budget: int) -> tuple[Any, int]:
-        size = len(json.dumps(value))
-        return (value, size) if size <= budget else self.text(str(value), budget)
+    def whole(self, text: str) -> str:
+        return _scan(text) if self.mask else text
 
     def text(self, text: str, budget: int, tail: int = 0) -> tuple[str, int]:
-        limit = budget - 2  # the quotes
-        for _ in range(4):
-            kept = self.keep(text, limit, tail)
+        if len(text) <= 2 * budget:  # whole if it fits (masking may have shortened it)
+            kept = self.whole(text)
             size = len(json.dumps(kept))  # escapes (\n, \uXXXX) count as what they take
             if size <= budget:
-                self.cut = self.cut or len(text) > limit
+                return kept, size
+        self.cut = True
+        limit = budget - 2  # the quotes
+        for _ in range(4):
+            kept = redact_text(text, max(limit, 0), tail=tail) if self.mask else truncate(text, limit, tail=tail)
+            size = len(json.dumps(kept))
+            if size <= budget:
                 return kept, size
             limit = min(limit - 1, limit * (budget - 2) // size)
         # at most 12 bytes of JSON a character (an escaped surrogate pair): this fits
-        self.cut = True
         kept = truncate(text, (budget - 2) // 12)
         return kept, len(json.dumps(kept))
 
-    def keep(self, text: str, limit: int, tail: int) -> str:
-        if self.mask:
-            return redact_text(text, max(limit, 0), tail=tail)
-        return truncate(text, limit, tail=tail) if len(text) > limit else text
+    def measure(self, value: Any, cap: int, depth: int) -> int:
+        """The size :meth:`value` gives ``value`` when nothing needs cutting, or more than ``cap``.
+
+        Sizes are remembered for the walk (a value inside a container is measured at each
+        level above it), so measuring costs about what the items looked at take.
+        """
+        known = self.sizes.get((id(value), depth))
+        if known is not None and (known[0] <= known[1] or known[1] >= cap):
+            return known[0] if known[0] <= cap else cap + 1
+        kind, it, _ = _kind(value, depth)
+        if kind == _SCALAR:
+            return len(json.dumps(it))
+        if kind == _TEXT:
+            size = len(json.dumps(self.whole(it))) if len(it) <= 2 * cap else cap + 1
+        else:
+            size = 2
+            pairs = it.items() if kind == _MAPPING else ((None, item) for item in it)
+            for index, (key, item) in enumerate(pairs):
+                if kind == _MAPPING:
+                    name = self.whole(key if isinstance(key, str) else _as_text(key)[:2 * _MAX_KEY_BYTES])
+                    name_size = len(json.dumps(name)) if len(name) <= 2 * _MAX_KEY_BYTES else cap + 1
+                    size += (name_size if name_size <= _MAX_KEY_BYTES else cap + 1) + 2
+                    item = MASK if self.mask and _masks(key, item) else item
+                size += (2 if index else 0)
+                size += self.measure(item, cap - size, depth + 1)
+                if size > cap:
+                    break
+            size = min(size, cap + 1)
+        self.sizes[(id(value), depth)] = (size, cap)
+        return size
+
+    def entries(self, it, kind: int, count: int, key_room: int) -> list[tuple[int, Any, str | None]]:
+        """``(fixed cost, item, key text)`` of the first ``count`` items; the fixed cost is the
+        comma, and for a mapping the key (cut to ``key_room``) and ": "."""
+        if kind == _SEQUENCE:
+            return [(2 if index else 0, item, None) for index, item in enumerate(itertools.islice(it, count))]
+        out = []
+        for index, (key, item) in enumerate(itertools.islice(it.items(), count)):
+            name, size = self.text(key if isinstance(key, str) else _as_text(key), key_room)
+            out.append(((2 if index else 0) + size + 2, MASK if self.mask and _masks(key, item) else item, name))
+        return out
 
     def sequence(self, items, budget: int, depth: int) -> tuple[list, int]:
-        out: list = []
-        sizes: list[int] = []
-        size = 2  # []
-        for index, item in enumerate(items):
-            comma = 2 if out else 0
-            clipped, item_size, item_cut = self.part(item, budget - size - comma, depth)
-            if item_cut and index + 1 < len(items):  # the rest is left out: keep room for the marker
-                clipped, item_size, item_cut = self.part(item, budget - size - comma - _MORE_ROOM, depth)
-            if item_size > budget - size - comma:
-                break
-            out.append(clipped)
-            sizes.append(item_size + comma)
-            size += item_size + comma
-            if item_cut:
-                break
-        if len(out) == len(items):
-            return out, size
-        # Items left out: end with a marker, making room for it by dropping items from the end.
-        self.cut = True
-        while True:
-            marker = f"…[{len(items) - len(out)} more items]"
+        kept, parts, size = self.container(items, _SEQUENCE, budget, depth)
+        out = [clipped for _, clipped in parts]
+        if kept < len(items):
+            marker = f"…[{len(items) - kept} more items]"
             need = len(json.dumps(marker)) + (2 if out else 0)
-            if budget - size >= need or not out:
-                break
-            out.pop()
-            size -= sizes.pop()
-        if budget - size >= need:
-            out.append(marker)
-            size += need
+            if size + need <= budget:
+                out.append(marker)
+                size += need
         return out, size
 
     def mapping(self, mapping: Mapping, budget: int, depth: int) -> tuple[dict, int]:
+        kept, parts, size = self.container(mapping, _MAPPING, budget, depth)
         out: dict = {}
-        sizes: list[int] = []
-        size = 2  # {}
-        taken = 0
-        for key, item in mapping.items():
-            comma = 2 if out else 0
-            room = budget - size - comma
-            if room < 5:  # '"": 0' at the least
-                break
-            taken += 1
-            name, name_size = self.text(key if isinstance(key, str) else _as_text(key),
-                                        min(_MAX_KEY_BYTES, room - 3))
-            if name in out:  # two keys that read the same once cut or made text: keep the first
-                self.cut = True
-                continue
-            if self.mask and _masks(key, item):
-                item = MASK
-            clipped, item_size, item_cut = self.part(item, room - name_size - 2, depth)
-            if item_cut and taken < len(mapping):  # the rest is left out: keep room for the marker
-                clipped, item_size, item_cut = self.part(item, room - name_size - 2 - _MORE_ROOM, depth)
-            if item_size > room - name_size - 2:
-                taken -= 1
-                break
-            out[name] = clipped
-            sizes.append(name_size + 2 + item_size + comma)
-            size += sizes[-1]
-            if item_cut:
-                break
-        if taken == len(mapping):
-            return out, size
-        self.cut = True
-        while True:
-            marker = f"[{len(mapping) - taken} more keys]"
+        for name, clipped in parts:
+            out.setdefault(name, clipped)  # two keys that read the same once cut or made text: the first
+        if len(out) < len(parts):
+            self.cut = True
+        if kept < len(mapping):
+            marker = f"[{len(mapping) - kept} more keys]"
             need = _MORE_KEY_SIZE + len(json.dumps(marker)) + (2 if out else 0)
-            if budget - size >= need or not out:
-                break
-            out.popitem()
-            size -= sizes.pop()
-            taken -= 1
-        if budget - size >= need:
-            out["…"] = marker
-            size += need
+            if size + need <= budget:
+                out["…"] = marker
+                size += need
         return out, size
 
-    def part(self, item: Any, budget: int, depth: int) -> tuple[Any, int, bool]:
-        """An item of a container: ``(copy, size, whether it was cut)``; a size over ``budget``: it does not fit."""
-        if budget < 1:
-            return None, _NO_FIT, True
-        cut_before, self.cut = self.cut, False
-        clipped, size = self.value(item, max(budget, 2), depth + 1)
-        item_cut, self.cut = self.cut, cut_before or self.cut
-        return clipped, size, item_cut
+    def container(self, it, kind: int, budget: int, depth: int) -> tuple[int, list[tuple], int]:
+        """``(items kept, (key text, copy) of each, size so far)`` of a sequence or mapping."""
+        room, count = budget - 2, len(it)
+        if count <= room:  # every item takes a byte at the least: it may fit whole
+            entries = self.entries(it, kind, count, _MAX_KEY_BYTES)
+            total, needs = sum(fixed for fixed, _, _ in entries), []
+            for _, item, _ in entries:
+                if total > room:
+                    break
+                needs.append(self.measure(item, room - total, depth + 1))
+                total += needs[-1]
+            if total <= room and len(needs) == len(entries):
+                return count, [(name, clipped) for name, clipped, _ in self.fill(entries, needs, depth)], 2 + total
+        self.cut = True
+        keep = count if count * _MIN_SHARE <= room else min(count, max(0, (room - _MORE_ROOM) // _MIN_SHARE))
+        room -= 0 if keep == count else _MORE_ROOM
+        entries = self.entries(it, kind, keep, min(_MAX_KEY_BYTES, max(room // max(keep, 1) // 2, 2)))
+        fixed = sum(cost for cost, _, _ in entries)
+        parts = self.fill(entries, self.allot(entries, room - fixed, depth), depth)
+        return keep, [(name, clipped) for name, clipped, _ in parts], 2 + fixed + sum(s for _, _, s in parts)
+
+    def allot(self, entries: list[tuple[int, Any, str | None]], room: int, depth: int) -> list[int]:
+        """Each item's budget within ``room``: an item that needs less than an equal share gets
+        what it needs, the others split the rest equally."""
+        if not entries:
+            return []
+        share = room // len(entries)
+        needs = [self.measure(item, share, depth + 1) for _, item, _ in entries]
+        small = [need for need in needs if need <= share]
+        rest = (room - sum(small)) // (len(needs) - len(small)) if len(small) < len(needs) else 0
+        return [need if need <= share else rest for need in needs]
+
+    def fill(self, entries: list[tuple[int, Any, str | None]], budgets: list[int], depth: int) -> list[tuple]:
+        """``(key text, copy, size)`` of each item within its budget; what one leaves goes to the next."""
+        parts = []
+        spare = 0
+        for (_, item, name), budget in zip(entries, budgets):
+            clipped, size = self.value(item, max(budget + spare, 2), depth + 1)
+            spare += budget - size
+            parts.append((name, clipped, size))
+        return parts
 
 
 def _as_text(value: Any) -> str:
