@@ -51,7 +51,7 @@ from urllib.parse import urlsplit
 
 from resilience.backoff import ExponentialBackoff
 from resilience.keys import keys
-from resilience.redact import redact, redact_text
+from resilience.redact import redact_bounded, redact_text
 from resilience.settings import Settings, get_settings
 from resilience.store import load_script
 
@@ -67,6 +67,12 @@ SIGNATURE_HEADER = "X-Resilience-Signature"
 _SEP = "\x1f"
 _SUMMARY_POLL_SEC = 0.5
 
+#: What an alert body keeps at most, in bytes of JSON per field (a longer value is
+#: cut with a marker), so a body, and its copy in ``alerts:last``, stays under 13 KiB.
+MAX_TITLE_BYTES = 512
+MAX_MESSAGE_BYTES = 4 * 1024
+MAX_CONTEXT_BYTES = 8 * 1024
+
 
 def sign(body: bytes, secret: str) -> str:
     """The signature header value of ``body``: ``sha256=<hex HMAC-SHA256>``."""
@@ -80,15 +86,15 @@ def verify(body: bytes, header: str | None, secret: str) -> bool:
 
 def build_payload(*, level: str, title: str, message: str, component: str, context: dict[str, Any] | None,
                   now: float | None = None, settings: Settings | None = None) -> dict[str, Any]:
-    """The alert's JSON body (DESIGN.md), with its context and text redacted."""
+    """The alert's JSON body (DESIGN.md), with its context and text redacted and bounded."""
     settings = settings or get_settings()
     now = time.time() if now is None else now
     return {
         "level": level if level in LEVELS else "warning",
-        "title": redact_text(str(title)),
-        "message": redact_text(str(message)),
+        "title": redact_bounded(str(title), MAX_TITLE_BYTES)[0],
+        "message": redact_bounded(str(message), MAX_MESSAGE_BYTES)[0],
         "component": component,
-        "context": redact(dict(context or {})),
+        "context": redact_bounded(dict(context or {}), MAX_CONTEXT_BYTES)[0],
         "timestamp": datetime.fromtimestamp(now, UTC).isoformat().replace("+00:00", "Z"),
         "environment": settings.environment,
     }
