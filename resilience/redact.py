@@ -16,8 +16,10 @@ and ``API key``); the short names (four letters or fewer, such as ``pass``,
 
 * ``name=value``, ``name: value``, ``"name": "value"``, ``name='a quoted value'``
   (the whole quoted value, spaces included; an unterminated one to the end of
-  the line), ``name: Bearer token`` (the scheme and the credentials), card
-  numbers written in groups (``card_number=4111 1111 1111 1111``);
+  the line), the same in escaped quotes (``\\'name\\': \\'value\\'`` in a repr of a
+  repr, ``\\"name\\": \\"value\\"`` in JSON inside JSON), ``name: Bearer token``
+  (the scheme and the credentials), card numbers written in groups
+  (``card_number=4111 1111 1111 1111``);
 * ``Authorization:`` and ``Cookie:``/``Set-Cookie:`` values, to the end of
   the line (``Authorization: ***``, ``Cookie: ***``);
 * URL userinfo: ``scheme://user:***@host``, and ``scheme://***@host`` when
@@ -108,13 +110,24 @@ _MARKER_ROOM = 32
 _FLAGS = re.ASCII
 
 # After a name: the rest of the identifier (at most 32 characters, possessive), an
-# optional closing quote, then "=" (not "==") or ":". A name occurrence costs at most
-# ~40 characters of attempt, so "passpasspass..." costs about 10 steps a character.
-_KEY_TAIL = r"""[\w.-]{0,32}+["']?[ \t]*+(?:=(?!=)|:)[ \t]*+"""
+# optional closing quote (escaped too: a repr inside a repr writes \\'key\\'), then "="
+# (not "==") or ":". A name occurrence costs at most ~40 characters of attempt, so
+# "passpasspass..." costs about 10 steps a character.
+_KEY_TAIL = r"""[\w.-]{0,32}+(?:\\{0,4}+["'])?[ \t]*+(?:=(?!=)|:)[ \t]*+"""
 
 # Quoted values, unrolled (a run of plain characters, then escape + run): possessive,
-# each character read once; an unterminated value ends at the end of the line.
-_QUOTED = r"""[bB]?(?:"[^"\\\n]*+(?:\\.[^"\\\n]*+)*+"?|'[^'\\\n]*+(?:\\.[^'\\\n]*+)*+'?)"""
+# each character read once. A value ends at its closing quote when a word character
+# does not follow it; else the quote was the opening one of another value (the value
+# had none: 'args': ['password="abc'], 'note': 'password="abc'), and it, like a value
+# without a closing quote, runs to the end of the line. Inside double quotes \' ends
+# the value (and \" inside single quotes): in a repr of a repr that is where the
+# string holding it ends. A value in escaped quotes (\'...\' in a repr of a repr,
+# \"...\" in JSON inside JSON) ends at the same escaped quote: one look-ahead of at
+# most five characters per character.
+_REST_OF_LINE = r"[^\r\n]*+"
+_QUOTED = (rf"""[bB]?(?:"[^"\\\n]*+(?:\\[^'\n][^"\\\n]*+)*+(?:"(?!\w)|(?=\\')|{_REST_OF_LINE})"""
+           rf"""|'[^'\\\n]*+(?:\\[^"\n][^'\\\n]*+)*+(?:'(?!\w)|(?=\\")|{_REST_OF_LINE}))"""
+           rf"""|(?P<escape>\\{{1,4}}+["'])(?:(?!(?P=escape))[^\n])*+(?:(?P=escape)(?!\w)|{_REST_OF_LINE})""")
 _SCHEMES = r"(?i:bearer|basic|token|digest|negotiate|ntlm|bot|jwt|oauth|apikey|key|ssws)"
 _TOKEN = r"""[^\s"'<>,;&)\]}]++"""
 
@@ -191,7 +204,7 @@ _URL_AUTHORITY = re.compile(r"""[^\s/?#"'<>]*+""")
 # PEM private keys: the BEGIN line, the body (no "-": possessive, it ends at the next
 # "-", where the next attempt could start), then the END line if it is there.
 _PEM_RE = re.compile(r"(?P<head>-----BEGIN[A-Z ]{0,40}PRIVATE KEY-----)[^-]*+"
-                     r"(?:-----END[A-Z ]{0,40}PRIVATE KEY-----)?", _FLAGS)
+                     r"(?P<end>-----END[A-Z ]{0,40}PRIVATE KEY-----)?", _FLAGS)
 
 # Bearer tokens anywhere, JSON web tokens and well-known token prefixes: each at the
 # start of a word only (a look-behind once the literal prefix has matched), then
@@ -211,10 +224,10 @@ def _mask_key_value(match: re.Match) -> str:
     quoted = match["quoted"]
     if not quoted:
         return match["key"] + MASK
-    prefix = quoted[0] if quoted[0] in "bB" else ""
-    quote = quoted[len(prefix)]
-    closed = len(quoted) > len(prefix) + 1 and quoted[-1] == quote
-    return f"{match['key']}{prefix}{quote}{MASK}{quote if closed else ''}"
+    opening = match["escape"] or quoted[:2 if quoted[0] in "bB" else 1]
+    closing = opening[-1] if opening[0] in "bB" else opening
+    closed = len(quoted) >= len(opening) + len(closing) and quoted.endswith(closing)
+    return f"{match['key']}{opening}{MASK}{closing if closed else ''}"
 
 
 def _mask_url(match: re.Match) -> str:
@@ -222,7 +235,7 @@ def _mask_url(match: re.Match) -> str:
 
 
 def _mask_pem(match: re.Match) -> str:
-    return match["head"] + MASK
+    return f"{match['head']}{MASK}{match['end'] or ''}"
 
 
 def _mask_shape(match: re.Match) -> str:

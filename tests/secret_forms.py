@@ -66,4 +66,8 @@ FORMS: list[Form] = [
     Form("ssn and cvv", "ssn=zq39a cvv: zq39b", ("zq39a", "zq39b")),
     Form("keyword argument repr", "charge(order_id='o-1', api_key='zq40', amount=5)", ("zq40",)),
     Form("header in a json string", '{"headers": {"Authorization": "Bearer zq41"}}', ("zq41",)),
+    Form("repr inside a repr", "{\\'api_key\\': \\'zq42a b zq42b\\', \\'user\\': \\'ann\\'}", ("zq42a", "zq42b")),
+    Form("quotes left open in a repr", "{'args': ['password=\"zq44a b'], 'note': 'password=\"zq44b c'}",
+         ("zq44a", "zq44b")),
+    Form("json inside json", '{\\"password\\": \\"zq43a b zq43b\\", \\"user\\": \\"ann\\"}', ("zq43a", "zq43b")),
 ]

@@ -39,6 +39,8 @@ def test_every_secret_form_is_masked_in_text(form):
     ("Cookie: a=1; b=2", "Cookie: ***"),
     ("failed (token: Bearer xyz) twice", "failed (token: ***) twice"),
     ("card_number=4111 1111 1111 1111 exp=12/30", "card_number=*** exp=12/30"),
+    ("{\\'api_key\\': \\'k 1\\', \\'user\\': \\'ann\\'}", "{\\'api_key\\': \\'***\\', \\'user\\': \\'ann\\'}"),
+    ('{\\"token\\": \\"t 1\\", \\"user\\": \\"ann\\"}', '{\\"token\\": \\"***\\", \\"user\\": \\"ann\\"}'),
 ])
 def test_the_text_around_a_secret_is_kept(text, expected):
     assert redact_text(text) == expected
@@ -194,6 +196,9 @@ ADVERSARIAL = {
     "dense quoted secrets": lambda n: _fill('password="a" ', n),
     "unterminated quotes": lambda n: _fill('password="', n),
     "escapes in a quoted value": lambda n: 'password="' + _fill("\\", n),
+    "escaped quotes": lambda n: _fill("password=\\'", n),
+    "quotes closed too early": lambda n: _fill('password="a"b ', n),
+    "escapes after an escaped quote": lambda n: "password=\\'" + _fill("\\", n),
     "header lines": lambda n: _fill("Authorization: x\n", n),
     "url starts": lambda n: _fill("://", n),
     "url authority without @": lambda n: "://" + _fill("a:", n),
