@@ -37,8 +37,8 @@ a header line; a name followed by more than 32 further identifier characters.
 and each pattern starts an attempt only where a literal matched, paying its
 worst case a bounded number of times per character (the analysis is next to
 each pattern), so the cost grows with the length of the text, never with its
-square: about 0.1 us a character, 0.3 us where secrets are densest (1 MB in
-0.1-0.3 s). On top of that a text longer than ``limit``
+square: under 0.2 us a character where secrets are densest (1 MB in 0.17 s),
+``benchmarks/bench_redact.py``. On top of that a text longer than ``limit``
 (:data:`MAX_TEXT_CHARS` by default) is first cut to that length with a
 visible marker (:func:`truncate`), so one call costs a few milliseconds
 whatever a job throws at it.
