@@ -13,8 +13,9 @@ and the stack info. A message longer than
 Where it is installed (always; there is no flag to turn it off):
 
 * workers and beat: on the handlers Celery sets up for the root logger, the
-  multiprocessing logger and the task logger (``after_setup_logger`` and
-  ``after_setup_task_logger``), so pool processes inherit it;
+  multiprocessing logger and the task logger, and on any of the ``celery``
+  logger (``after_setup_logger`` and ``after_setup_task_logger``), so pool
+  processes inherit it;
 * any process that installs the platform (``resilience.install(app)``,
   including the CLI): on the root logger's handlers at that moment and on
   Python's last-resort handler (what prints warnings when nothing is configured);
@@ -96,8 +97,8 @@ def quiet_http_clients() -> None:
 def _on_logging_set_up(logger: logging.Logger | None = None, **_: Any) -> None:
     from celery.utils.log import get_multiprocessing_logger
 
-    install_filter(logger or logging.getLogger())
-    install_filter(get_multiprocessing_logger())
+    for target in (logger or logging.getLogger(), logging.getLogger("celery"), get_multiprocessing_logger()):
+        install_filter(target)
     quiet_http_clients()
 
 
