@@ -66,7 +66,7 @@ from urllib.parse import urlsplit
 
 from resilience.backoff import ExponentialBackoff
 from resilience.keys import keys
-from resilience.redact import redact, redact_text
+from resilience.redact import redact_bounded, redact_text
 from resilience.settings import Settings, get_settings
 from resilience.store import load_script
 from resilience.platform_tasks import EVALUATE_ALERTS, add_beat_entry
@@ -91,6 +91,12 @@ DEFAULT_TOLERANCE_SEC = 300
 _TIMESTAMP_RE = re.compile(r"[0-9]{1,15}")
 _SEP = "\x1f"
 _SUMMARY_POLL_SEC = 0.5
+
+#: What an alert body keeps at most, in bytes of JSON per field (a longer value is
+#: cut with a marker), so a body, and its copy in ``alerts:last``, stays under 13 KiB.
+MAX_TITLE_BYTES = 512
+MAX_MESSAGE_BYTES = 4 * 1024
+MAX_CONTEXT_BYTES = 8 * 1024
 
 
 def sign(body: bytes, secret: str) -> str:
@@ -161,15 +167,15 @@ def verify_request(body: bytes, headers: Mapping[str, str], secret: str, *,
 
 def build_payload(*, level: str, title: str, message: str, component: str, context: dict[str, Any] | None,
                   now: float | None = None, settings: Settings | None = None) -> dict[str, Any]:
-    """The alert's JSON body (DESIGN.md), with its context and text redacted."""
+    """The alert's JSON body (DESIGN.md), with its context and text redacted and bounded."""
     settings = settings or get_settings()
     now = time.time() if now is None else now
     return {
         "level": level if level in LEVELS else "warning",
-        "title": redact_text(str(title)),
-        "message": redact_text(str(message)),
+        "title": redact_bounded(str(title), MAX_TITLE_BYTES)[0],
+        "message": redact_bounded(str(message), MAX_MESSAGE_BYTES)[0],
         "component": component,
-        "context": redact(dict(context or {})),
+        "context": redact_bounded(dict(context or {}), MAX_CONTEXT_BYTES)[0],
         "timestamp": datetime.fromtimestamp(now, UTC).isoformat().replace("+00:00", "Z"),
         "environment": settings.environment,
     }
