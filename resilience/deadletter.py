@@ -3,7 +3,11 @@
 Entries are JSON (newest first) with the fields of the public contract:
 ``job_id``, ``task``, ``args``, ``kwargs``, ``options``, ``failure_reason``,
 ``error_type``, ``traceback``, ``failed_at``, ``retry_count``, ``worker``.
-Arguments, the reason and the traceback are redacted before they are written.
+Arguments, the reason and the traceback are redacted and cut to bounded sizes
+(:data:`MAX_ARGS_BYTES`, :data:`MAX_KWARGS_BYTES`, :data:`MAX_REASON_BYTES`,
+:data:`MAX_TRACEBACK_BYTES` of JSON each) before they are written; an entry
+with a field cut lists it in ``clipped``, and one whose arguments were cut is
+not replayed (it would run with the cut arguments).
 
 Writing an entry is one Lua step with the job's removal (``lua/deadletter_bury.lua``):
 the execution record becomes "dead", the ``jobs:active`` entry and its
@@ -39,7 +43,7 @@ import redis
 from resilience.errors import ReplayRefused
 from resilience.keys import keys
 from resilience.quarantine import ANY, ARRAY, INTEGER, OBJECT, TEXT, Bad, Batch, Shape, decode
-from resilience.redact import redact
+from resilience.redact import redact_bounded
 from resilience.runtime import app_or_bound, queue_names, transport_options
 from resilience.settings import get_settings
 from resilience.store import get_redis, load_script
@@ -48,6 +52,7 @@ from resilience.platform_tasks import TRIM_DEAD_LETTERS, add_beat_entry
 __all__ = [
     "REQUIRED_FIELDS", "Entry", "Filter", "build_entry", "bury", "bury_entry", "list_entries", "get",
     "replay", "replay_entry", "purge", "stats", "trim", "fingerprint", "iter_entries", "count", "Outcome",
+    "MAX_ARGS_BYTES", "MAX_KWARGS_BYTES", "MAX_REASON_BYTES", "MAX_TRACEBACK_BYTES", "arguments_cut",
 ]
 
 log = logging.getLogger(__name__)
@@ -63,6 +68,19 @@ ENTRY = Shape({"job_id": TEXT, "task": TEXT, "args": ARRAY, "kwargs": OBJECT,
 
 #: Entries read per round trip when the tooling walks the list.
 PAGE = 1000
+
+#: What an entry keeps at most, in bytes of JSON per field; a longer value is cut
+#: with a marker (``…[truncated N chars]``, ``…[N more items]``). The other fields
+#: are short (ids, names, time, counts, the idempotency key), so an entry with a
+#: short idempotency key stays under 37 KiB.
+MAX_ARGS_BYTES = 8 * 1024
+MAX_KWARGS_BYTES = 8 * 1024
+MAX_REASON_BYTES = 4 * 1024
+MAX_TRACEBACK_BYTES = 16 * 1024
+
+#: Field -> (cap, bytes of its end kept): a traceback keeps its first and its last lines.
+_BOUNDS = {"args": (MAX_ARGS_BYTES, 0), "kwargs": (MAX_KWARGS_BYTES, 0),
+           "failure_reason": (MAX_REASON_BYTES, 0), "traceback": (MAX_TRACEBACK_BYTES, MAX_TRACEBACK_BYTES // 2)}
 
 
 def utc_iso(ts: float | None = None) -> str:
@@ -84,8 +102,20 @@ def parse_time(value: str | float | dt.datetime) -> float:
 
 
 # -- writing ---------------------------------------------------------------------------
+def _bound(entry: dict[str, Any]) -> dict[str, Any]:
+    """``entry`` with its free-form fields redacted and cut to :data:`_BOUNDS` (``clipped`` names the cut ones)."""
+    clipped = []
+    for name, (cap, tail) in _BOUNDS.items():
+        entry[name], cut = redact_bounded(entry[name], cap, tail=tail)
+        if cut:
+            clipped.append(name)
+    if clipped:
+        entry["clipped"] = clipped
+    return entry
+
+
 def build_entry(task, args, kwargs, exc: BaseException | None, reason: str) -> dict[str, Any]:
-    """The dead-letter entry of the run behind ``task.request`` (redacted)."""
+    """The dead-letter entry of the run behind ``task.request`` (redacted and bounded)."""
     request = task.request
     delivery = request.delivery_info or {}
     error_type = type(exc).__name__ if exc is not None else "Unknown"
@@ -94,24 +124,24 @@ def build_entry(task, args, kwargs, exc: BaseException | None, reason: str) -> d
     key = getattr(request, "idempotency_key", None)
     if key:
         headers["idempotency_key"] = key
-    return {
+    return _bound({
         "job_id": request.id,
         "task": task.name,
-        "args": redact(list(args)),
-        "kwargs": redact(dict(kwargs)),
+        "args": list(args),
+        "kwargs": dict(kwargs),
         "options": {
             "queue": delivery.get("routing_key"),
             "exchange": delivery.get("exchange"),
             "idempotency_key": key,
             "headers": headers,
         },
-        "failure_reason": redact(reason),
+        "failure_reason": reason,
         "error_type": error_type,
-        "traceback": redact(trace),
+        "traceback": trace,
         "failed_at": utc_iso(),
         "retry_count": request.retries or 0,
         "worker": request.hostname,
-    }
+    })
 
 
 def broker_transport_options(app=None) -> dict:
@@ -162,8 +192,8 @@ def bury_entry(entry: dict[str, Any], *, job_id: str | None = None, worker_id: s
                delivery_tag: str | None = None, release_key: bool = True, app=None, pipe=None) -> None:
     """Dead-letter a job outside its run (the stuck-job sweep), atomically like :func:`bury`.
 
-    ``entry`` has the contract's fields (redacted here; ``failed_at`` filled
-    in if missing). ``job_id`` (default ``entry["job_id"]``) names the records
+    ``entry`` has the contract's fields (redacted and bounded here;
+    ``failed_at`` filled in if missing). ``job_id`` (default ``entry["job_id"]``) names the records
     to close; ``worker_id`` limits the ``jobs:active`` removal to that run
     (None removes it whoever owns it); ``delivery_tag`` removes the message
     from kombu's ``unacked``; the idempotency key in ``entry["options"]`` is
@@ -171,10 +201,9 @@ def bury_entry(entry: dict[str, Any], *, job_id: str | None = None, worker_id: s
     kombu's keys (default: the app given to ``install()``).
     """
     entry = dict(entry)
-    entry["args"] = redact(entry.get("args") or [])
-    entry["kwargs"] = redact(entry.get("kwargs") or {})
-    entry["traceback"] = redact(entry.get("traceback") or "")
-    entry["failure_reason"] = redact(entry.get("failure_reason") or "")
+    entry.update(args=entry.get("args") or [], kwargs=entry.get("kwargs") or {},
+                 traceback=entry.get("traceback") or "", failure_reason=entry.get("failure_reason") or "")
+    entry = _bound(entry)
     entry.setdefault("failed_at", utc_iso())
     job_id = job_id or entry.get("job_id")
     if not job_id:
@@ -334,6 +363,8 @@ def replay_queue(data: dict[str, Any], app) -> str:
     problem = ENTRY.problem(data)
     if problem:
         raise ReplayRefused(str(data.get("job_id")), f"malformed entry ({problem})")
+    if arguments_cut(data):
+        raise ReplayRefused(str(data["job_id"]), "its arguments were cut when it was dead-lettered")
     queue = (data.get("options") or {}).get("queue") or app.conf.task_default_queue or "celery"
     allowed = replay_queues(app, data["task"])
     if queue not in allowed:
@@ -345,8 +376,8 @@ def replay_queue(data: dict[str, Any], app) -> str:
 def fresh_envelope(data: dict[str, Any], app=None) -> tuple[str, str]:
     """The queue key and kombu envelope that re-runs a dead-lettered job as a fresh attempt.
 
-    Raises :class:`~resilience.errors.ReplayRefused` when the entry names a
-    queue that is not one of the app's (see :func:`replay_queues`).
+    Raises :class:`~resilience.errors.ReplayRefused` when the entry may not be
+    replayed (see :func:`replay_queue`).
     """
     from resilience.scheduler import capture_message
 
@@ -365,20 +396,32 @@ def fresh_envelope(data: dict[str, Any], app=None) -> tuple[str, str]:
     return capture_message(app, send)
 
 
+def arguments_cut(data: dict[str, Any]) -> bool:
+    """Whether an entry's ``args`` or ``kwargs`` were cut to their bound when it was written."""
+    clipped = data.get("clipped")
+    return isinstance(clipped, list) and ("args" in clipped or "kwargs" in clipped)
+
+
 @dataclass
 class Outcome:
-    """What an operation did (or, with ``dry_run``, would do)."""
+    """What an operation did (or, with ``dry_run``, would do).
+
+    ``refused``: entries replay leaves alone (:class:`~resilience.errors.ReplayRefused`),
+    because their arguments were cut when they were written (running them
+    would use the cut arguments) or their queue is not one of the app's;
+    ``reasons`` says why, by job id.
+    """
 
     matched: list[str] = field(default_factory=list)
     done: list[str] = field(default_factory=list)
     gone: list[str] = field(default_factory=list)
+    refused: list[str] = field(default_factory=list)
+    reasons: dict[str, str] = field(default_factory=dict)
     dry_run: bool = False
-    #: Entries left in place because they cannot be replayed: ``{"job_id", "reason"}``.
-    refused: list[dict[str, str]] = field(default_factory=list)
 
     def to_json(self) -> dict[str, Any]:
-        return {"matched": self.matched, "done": self.done, "gone": self.gone, "dry_run": self.dry_run,
-                "refused": self.refused}
+        return {"matched": self.matched, "done": self.done, "gone": self.gone, "refused": self.refused,
+                "reasons": self.reasons, "dry_run": self.dry_run}
 
 
 def replay_entry(entry: Entry, app=None) -> bool:
@@ -407,7 +450,8 @@ def replay(ids: list[str] | None = None, *, all: bool = False, task: str | None 
 
     The job runs again with its stored (redacted) arguments: secrets masked
     in the entry stay masked, so pass secrets to jobs by reference. An entry
-    that cannot be replayed (:class:`~resilience.errors.ReplayRefused`) is
+    that cannot be replayed (:class:`~resilience.errors.ReplayRefused`: its
+    arguments were cut when it was written, or its queue is not the app's) is
     left in place and listed in ``refused``; the others go on.
     """
     if not ids and not all:
@@ -421,7 +465,8 @@ def replay(ids: list[str] | None = None, *, all: bool = False, task: str | None 
                 continue
             (outcome.done if replay_entry(entry, app) else outcome.gone).append(entry.job_id)
         except ReplayRefused as refused:
-            outcome.refused.append({"job_id": entry.job_id, "reason": refused.reason})
+            outcome.refused.append(entry.job_id)
+            outcome.reasons[entry.job_id] = refused.reason
             log.warning("dead-letter entry of job %s not replayed: %s", entry.job_id, refused.reason)
     return outcome
 

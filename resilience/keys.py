@@ -127,6 +127,10 @@ class Keys:
         """Sorted set: quarantine id -> epoch ms it was quarantined (oldest trimmed first)."""
         return self._k("quarantine:index")
 
+    def write_probe(self, name: str) -> str:
+        """String with a short TTL: written to learn whether Redis accepts writes (not full)."""
+        return self._k(f"probe:{name}")
+
     def lock(self, name: str) -> str:
         """String with TTL: a token-checked lock."""
         return self._k(f"locks:{name}")

@@ -42,6 +42,7 @@ from kombu.exceptions import EncodeError
 
 from resilience.connection import is_outage
 from resilience.errors import ResilienceError, SpoolFull
+from resilience.localfiles import private_dir, private_file
 from resilience.quarantine import ARRAY, INTEGER, NUMBER, OBJECT, TEXT, Bad, Batch, Shape, decode, one_of
 from resilience.settings import get_settings
 
@@ -92,7 +93,10 @@ def spool_path() -> Path:
 @contextlib.contextmanager
 def _db() -> Iterator[sqlite3.Connection]:
     path = spool_path()
-    path.parent.mkdir(parents=True, exist_ok=True)
+    if not path.exists():
+        # job arguments in plain text: 0600 in a 0700 dir (SQLite gives its WAL files the same mode)
+        private_dir(path.parent)
+        private_file(path)
     conn = sqlite3.connect(path, timeout=30.0, isolation_level=None)
     try:
         conn.execute("PRAGMA journal_mode=WAL")

@@ -69,9 +69,9 @@ def celery_command(ctx: click.Context) -> None:
 
 
 def _register() -> None:
-    from resilience.cli import breakers, demo, dlq, down, errors, health, quarantine, status, sweep, up
+    from resilience.cli import breakers, demo, dlq, down, errors, health, quarantine, spool, status, sweep, up
 
-    for module in (up, down, demo, status, dlq, breakers, errors, sweep, health, quarantine):
+    for module in (up, down, demo, status, dlq, breakers, errors, sweep, health, spool, quarantine):
         main.add_command(module.command)
         celery_command.add_command(module.command)
 

@@ -3,7 +3,8 @@
 A thin layer over :mod:`resilience.deadletter`; every subcommand takes
 ``--json`` and then prints JSON only. Malformed entries are shown as such and
 never stop a command; entry data is shown as text (:mod:`resilience.display`).
-``dlq replay`` exits 1 when it refused an entry (its queue is not the app's).
+``dlq replay`` exits 1 when it refused an entry (its arguments were cut when
+it was stored, or its queue is not the app's).
 """
 
 from __future__ import annotations
@@ -117,8 +118,8 @@ def _report(outcome: deadletter.Outcome, verb: str, as_json: bool) -> None:
                    + (f", {len(outcome.refused)} refused" if outcome.refused else ""))
     if outcome.refused:
         if not as_json:
-            for refused in outcome.refused:
-                click.echo(visible(f"  refused {refused['job_id']}: {refused['reason']}"), err=True)
+            for job_id in outcome.refused:
+                click.echo(visible(f"  refused {job_id}: {outcome.reasons.get(job_id, '')}"), err=True)
         raise click.exceptions.Exit(1)
 
 
