@@ -48,7 +48,8 @@ from resilience.settings import get_settings
 
 log = logging.getLogger(__name__)
 
-__all__ = ["SpooledJob", "spool_path", "append", "pending", "oldest", "remove", "flush_locked", "count", "drain"]
+__all__ = ["SpooledJob", "spool_path", "append", "pending", "oldest", "read", "remove", "flush_locked", "count",
+           "drain"]
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS spooled_jobs (
@@ -167,10 +168,10 @@ def pending() -> bool:
 
 def oldest(limit: int = 100) -> list[SpooledJob]:
     """The oldest readable spooled jobs, in submission order (corrupt rows are left out)."""
-    return _read(limit)[0]
+    return read(limit)[0]
 
 
-def _read(limit: int) -> tuple[list[SpooledJob], list[Bad]]:
+def read(limit: int = 100) -> tuple[list[SpooledJob], list[Bad]]:
     """The oldest rows, in order: the jobs, and the rows that are not readable jobs."""
     with _db() as conn:
         rows = conn.execute("SELECT seq, job_id, task, args, kwargs, options, spooled_at FROM spooled_jobs"
@@ -243,7 +244,7 @@ def drain(publish: Callable[[SpooledJob], None], *, batch: int = 100) -> int:
         if not held:
             return -1
         while True:
-            jobs, bad = _read(batch)
+            jobs, bad = read(batch)
             if not jobs and not bad:
                 return sent
             _quarantine(bad)

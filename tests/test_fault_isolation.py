@@ -199,6 +199,7 @@ def test_a_corrupt_spool_row_never_holds_back_the_rows_behind_it(app, r, empty_s
     _spool_row("countdown-text", "[1, 2]", "{}", '{"countdown": "soon"}')
     _spool_row("refused-by-celery", "[1, 2]", "{}", '{"expires": "tomorrow"}')
     spool.append("tests.add", [2, 2], {}, "last", {})
+    listed = json.loads(cli("spool", "list", "--json").stdout)
 
     sent = spool.drain(lambda job: _publish_spooled(app, job, 10.0))
 
@@ -209,6 +210,8 @@ def test_a_corrupt_spool_row_never_holds_back_the_rows_behind_it(app, r, empty_s
     assert set(found) == {"not-json", "wrong-types", "bytes", "no-task", "countdown-text", "refused-by-celery"}
     assert found["wrong-types"] == "args: expected a list, got an object"
     assert found["countdown-text"] == "options: countdown: expected a number, got a string"
+    assert [job["job_id"] for job in listed["jobs"]] == ["first", "refused-by-celery", "last"]
+    assert len(listed["unreadable"]) == 5 and listed["total"] == 8
     assert found["refused-by-celery"].startswith("not publishable: ")
 
 
@@ -401,7 +404,7 @@ READ_KEYS = {
 COMMANDS = [["status"], ["dlq", "list"], ["dlq", "show", "good-dead"], ["dlq", "stats"], ["dlq", "replay", "--all"],
             ["dlq", "purge", "--malformed", "--dry-run"], ["breakers"], ["breakers", "reset", "good-breaker"],
             ["errors"], ["sweep"], ["health", "beat"], ["health", "workers", "--timeout", "0.2"],
-            ["quarantine", "list"], ["quarantine", "purge", "--all"]]
+            ["spool", "flush"], ["quarantine", "list"], ["quarantine", "purge", "--all"]]
 
 
 def _key(name: str) -> str:
@@ -491,6 +494,8 @@ def test_hostile_data_never_stops_a_subsystem_and_every_good_record_is_processed
         _give_wrong_type(r, name)
 
     # When each subsystem runs once, and every command with and without --json
+    for extra in ([], ["--json"]):
+        _run_cli(["spool", "list", *extra])  # while the spool still holds the bad rows
     sweeper.sweep(app)
     scheduler.promote_due()
     published = spool.drain(lambda job: _publish_spooled(app, job, 10.0))
