@@ -43,12 +43,13 @@ def _wait_done(client, phase: str, timeout: float) -> None:
 
 
 def _clients():
-    """The measuring client, and one of its own for the blocking wait."""
+    """The measuring client, and one of its own for the blocking wait (redis-py's default
+    socket timeout, 5 s, would cut a wait for a slow run short)."""
     import redis
 
     url = os.environ["REDIS_URL"]
     return (redis.Redis.from_url(url, decode_responses=True, socket_timeout=60),
-            redis.Redis.from_url(url, decode_responses=True))
+            redis.Redis.from_url(url, decode_responses=True, socket_timeout=WAIT_TIMEOUT_SEC + 30))
 
 
 def run_phase(args) -> dict:
