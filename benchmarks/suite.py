@@ -160,24 +160,41 @@ class Bench:
         env.update(extra)
         return env
 
+    def spawn(self, module: str, args: list[str], env: dict[str, str]) -> subprocess.Popen:
+        """Start ``python -m module args`` (collect its result with :meth:`collect`)."""
+        return subprocess.Popen([sys.executable, "-m", module, *args], env=env, cwd=ROOT, stdout=subprocess.PIPE,
+                                stderr=subprocess.PIPE, text=True, stdin=subprocess.DEVNULL)
+
+    def collect(self, process: subprocess.Popen, module: str) -> dict:
+        """Wait for a spawned ``python -m module`` and return the JSON it printed last."""
+        try:
+            stdout, stderr = process.communicate(timeout=PRODUCER_TIMEOUT_SEC)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            stdout, stderr = process.communicate()
+        lines = [line for line in stdout.splitlines() if line.startswith("{")]
+        reported = json.loads(lines[-1]) if lines else {}
+        if process.returncode != 0 or not lines or "error" in reported:
+            raise RuntimeError(f"{module} exited {process.returncode}: {reported.get('error', '')}\n{stderr[-3000:]}")
+        return reported
+
     def python(self, module: str, args: list[str], env: dict[str, str]) -> dict:
         """Run ``python -m module args`` and return the JSON it prints last."""
-        done = subprocess.run([sys.executable, "-m", module, *args], env=env, cwd=ROOT, capture_output=True,
-                              text=True, timeout=PRODUCER_TIMEOUT_SEC, stdin=subprocess.DEVNULL)
-        lines = [line for line in done.stdout.splitlines() if line.startswith("{")]
-        reported = json.loads(lines[-1]) if lines else {}
-        if done.returncode != 0 or not lines or "error" in reported:
-            raise RuntimeError(f"{module} exited {done.returncode}: {reported.get('error', '')}\n{done.stderr[-3000:]}")
-        return reported
+        return self.collect(self.spawn(module, args, env), module)
+
+    def worker(self, config: Config, name: str) -> SubprocessWorker:
+        """A worker of ``config`` (not started): the same command line for every configuration, its app."""
+        worker = SubprocessWorker(self.log_dir, name=name, concurrency=2, pool="prefork", include=["benchmarks.jobs"],
+                                  env=self.env(config), cwd=str(ROOT))
+        worker.argv[worker.argv.index("-A") + 1] = config.app
+        return worker
 
     def measure(self, config: Config, index: int) -> dict:
         """One run of ``config``: fresh Redis contents, worker and producer."""
         plan = self.plan
         self.client.flushall()
         env = self.env(config)
-        worker = SubprocessWorker(self.log_dir, name=f"bench{index}-{config.name}@bench", concurrency=2,
-                                  pool="prefork", include=["benchmarks.jobs"], env=env, cwd=str(ROOT))
-        worker.argv[worker.argv.index("-A") + 1] = config.app  # the same command line, the configuration's app
+        worker = self.worker(config, f"bench{index}-{config.name}@bench")
         worker.start()
         try:
             worker.wait_ready(timeout=120)

@@ -185,3 +185,70 @@ def test_a_key_at_its_cap_is_bounded_only_if_the_writer_trims_it(r):
 
     assert trimmed["bounded"] == "yes" and trimmed["memory_bytes"] > 0
     assert grown["bounded"] == "no" and grown["length_after_overflow"] == 100 + 1000
+
+
+# -- benchmarks/profile_job.py: where a job's cost goes ---------------------------------------------
+
+_POOL_ROOT = ["TaskPool.on_start (celery/concurrency/prefork.py:182)", "Worker.__call__ (billiard/pool.py:293)",
+              "Worker.workloop (billiard/pool.py:369)", "build_tracer.<locals>.trace_task (celery/app/trace.py:564)"]
+
+
+def test_a_sample_is_charged_to_what_caused_it_not_to_the_pieces_it_used():
+    from benchmarks.profile_job import component_of
+
+    def frames(*leaf: str) -> list[str]:
+        return [*_POOL_ROOT, *leaf]
+
+    assert component_of(frames("Backend.mark_as_done (celery/backends/base.py:1)", "dumps (json/__init__.py:1)")) \
+        == "result: SUCCESS write"
+    assert component_of(frames("Backend.store_result (celery/backends/base.py:1)",
+                               "TrackedRetry.call_with_retry (resilience/connection.py:1)")) == "result: STARTED write"
+    assert component_of(frames("ResilientTask.__call__ (resilience/task.py:1)", "begin (resilience/executions.py:1)",
+                               "Redis.execute_command (redis/client.py:1)")) == "execution guard scripts"
+    assert component_of(frames("ResilientTask.__call__ (resilience/task.py:1)")) == "platform: resilience/task.py"
+    assert component_of(frames("dumps (json/__init__.py:1)")) == "json"
+    # the frames above the pool's work loop (its fork inside the worker's start-up) do not count
+    assert component_of(frames()) == "Celery: trace in the pool"
+
+
+def test_py_spy_stacks_are_counted_per_process_and_component():
+    from benchmarks.profile_job import samples_by_component
+
+    main = 'process 10:"celery worker";thread (10): MainThread;asynloop (celery/worker/loops.py:1)'
+    pool = f'process 10:"celery worker";process 11:"celery worker";thread (11): MainThread;{";".join(_POOL_ROOT)}'
+    raw = "\n".join([f"{main};EventDispatcher.send (celery/events/dispatcher.py:1) 7",
+                     f"{pool};noop (benchmarks/jobs.py:1) 3",
+                     f"{pool};Backend.mark_as_done (celery/backends/base.py:1) 5"])
+
+    assert samples_by_component(raw) == {"main": {"task events": 7},
+                                         "pool": {"the job body (INCR)": 3, "result: SUCCESS write": 5}}
+
+
+def test_a_transaction_is_one_request_and_each_request_has_its_step():
+    from benchmarks.profile_job import requests_of, step_of
+
+    raw = [(1, ["LPUSH", "celery", "{...}"]),
+           (2, ["MULTI"]), (3, ["BRPOP", "celery", "1"]),
+           (2, ["ZADD", "unacked_index", "1.0", "tag"]), (2, ["HSET", "unacked", "tag", "[...]"]), (2, ["EXEC"]),
+           (4, ["EVALSHA", "abc", "4", "jobs:state:x", "..."]),
+           (4, ["MULTI"]), (4, ["SETEX", "celery-task-meta-x", "86400", '{"status": "STARTED", ...}']),
+           (4, ["PUBLISH", "celery-task-meta-x", "{...}"]), (4, ["EXEC"]),
+           (9, ["INFO", "everything"])]
+    roles = {1: "producer", 2: "main", 3: "main", 4: "pool"}
+
+    found = requests_of(raw, roles, ignore={9})
+    steps = [step_of(r, {"abc": "job_start"}) for r in found]
+
+    assert steps == ["submit: LPUSH the message", "fetch: BRPOP",
+                     "delivery: unacked bookkeeping (MULTI ZADD HSET EXEC)", "execution guard: job_start.lua",
+                     "result: STARTED write (MULTI SETEX PUBLISH EXEC)"]
+    assert [r.role for r in found] == ["producer", "main", "main", "pool", "pool"]
+
+
+def test_the_platform_scripts_are_named_by_their_sha1():
+    import hashlib
+
+    from benchmarks.profile_job import script_names
+
+    source = (ROOT / "resilience" / "lua" / "job_start.lua").read_bytes()
+    assert script_names()[hashlib.sha1(source).hexdigest()] == "job_start"
