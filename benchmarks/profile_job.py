@@ -402,8 +402,12 @@ class Profiler:
             self._wait_for_first_sample(spy)
             self.bench.collect(self._producer(config, worker, "spy", self.options.jobs), "benchmarks.producer")
         finally:
-            spy.send_signal(signal.SIGINT)
-            said, _ = spy.communicate(timeout=120)
+            spy.send_signal(signal.SIGINT)  # py-spy writes its file when interrupted
+            try:
+                said, _ = spy.communicate(timeout=120)
+            except subprocess.TimeoutExpired:
+                spy.kill()
+                said, _ = spy.communicate()
         if not out.exists():
             raise RuntimeError(f"py-spy wrote nothing: {said[-500:]}")
         result.samples = samples_by_component(out.read_text())
