@@ -139,10 +139,11 @@ def test_percentiles_are_nearest_rank():
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(600)  # four configurations, two runs each: about a minute, more on a busy machine
 def test_quick_benchmark_prints_every_table_and_the_closing_lines():
     env = {k: v for k, v in os.environ.items() if not k.startswith("FEATURE_")}
     done = subprocess.run([sys.executable, "-m", "benchmarks", "--quick"], cwd=ROOT, env=env,
-                          capture_output=True, text=True, timeout=240)
+                          capture_output=True, text=True, timeout=540)
 
     assert done.returncode == 0, done.stderr[-3000:]
     out = done.stdout
@@ -152,7 +153,8 @@ def test_quick_benchmark_prints_every_table_and_the_closing_lines():
     for config in ("plain", "plain-results", "flags-off", "all"):
         assert re.search(rf"^{config}\s+\d+", out, re.MULTILINE), f"no figures for {config}:\n{out}"
     assert "failed" not in out.split("Cost per job")[0]
-    assert re.search(r"^plain-results\s+[\d.]+\s+[\d.]+$", out.split("Submit cost")[1], re.MULTILINE)
+    submit_costs = out.split("Submit cost")[1]
+    assert re.search(r"^plain-results\s+\d+\.\d\d\s+\d+\.\d\d\s+\w", submit_costs, re.MULTILINE)
     *_, plain_celery, flags_off = out.strip().splitlines()
     assert re.fullmatch(r"resilience/plain-celery end-to-end ratio: \d+\.\d\d", plain_celery)
     assert re.fullmatch(r"resilience/flags-off end-to-end ratio: \d+\.\d\d", flags_off)

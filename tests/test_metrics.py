@@ -14,6 +14,7 @@ import multiprocessing
 import os
 import signal
 import uuid
+from multiprocessing.synchronize import Event
 
 import httpx
 import pytest
@@ -205,7 +206,7 @@ def _alerts(rule: str) -> float:
     return value(samples, "resilience_alerts_sent_total", rule=rule, level="info")
 
 
-def _count(rule: str, times: int, interval: float | None, stay: multiprocessing.Event, shutdown: bool) -> None:
+def _count(rule: str, times: int, interval: float | None, stay: Event, shutdown: bool) -> None:
     """In a forked child: count ``times`` alerts, then wait; at the end, exit as a pool process does."""
     from celery import signals
 
