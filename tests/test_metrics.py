@@ -50,17 +50,22 @@ def _log_on_failure(worker: SubprocessWorker):
         raise
 
 
+@contextlib.contextmanager
+def _prefork_worker(log_dir, r, concurrency: int = 2, **settings):
+    """A prefork worker subprocess running tests.jobs, and the URL of its health server."""
+    env = settings_env(HEALTH_PORT=0, HEALTH_REFRESH_INTERVAL_SEC=0.2, **settings)
+    with SubprocessWorker(log_dir, env=env, concurrency=concurrency, pool="prefork", include=["tests.jobs"]) as worker, \
+            _log_on_failure(worker):
+        yield worker, worker_health_url(r, worker)
+
+
 @pytest.mark.slow
 def test_metrics_counters_match_a_run_of_known_jobs_on_prefork(app, log_dir, r):
     from tests.jobs import add, fail_permanent, fail_transient
 
     # The execution guard is off here: until the retries feature closes a run's record before its
     # retry is delivered, the guard refuses the retry as "busy" (the first run still holds it).
-    env = settings_env(HEALTH_PORT=0, METRICS_CACHE_SEC=0, HEALTH_REFRESH_INTERVAL_SEC=0.2,
-                       FEATURE_IDEMPOTENCY=False)
-    with SubprocessWorker(log_dir, env=env, concurrency=2, pool="prefork", include=["tests.jobs"]) as worker, \
-            _log_on_failure(worker):
-        url = worker_health_url(r, worker)
+    with _prefork_worker(log_dir, r, METRICS_CACHE_SEC=0, FEATURE_IDEMPOTENCY=False) as (worker, url):
         assert f":{url.rsplit(':', 1)[1]}" in worker.log()  # the chosen port is logged too
 
         for n in range(3):
@@ -133,10 +138,7 @@ def test_a_scrape_with_redis_unreachable_serves_the_last_gauges(app, r):
 def test_counts_of_a_killed_pool_process_stay_counted(app, log_dir, r):
     from tests.jobs import add
 
-    env = settings_env(HEALTH_PORT=0, HEALTH_REFRESH_INTERVAL_SEC=0.2)
-    with SubprocessWorker(log_dir, env=env, concurrency=2, pool="prefork", include=["tests.jobs"]) as worker, \
-            _log_on_failure(worker):
-        url = worker_health_url(r, worker)
+    with _prefork_worker(log_dir, r) as (worker, url):
         for n in range(4):
             add.delay(n, n).get(timeout=60)
         # A pool process's counts reach the main process at its next flush; SIGKILL loses at most the
@@ -167,10 +169,7 @@ def test_a_count_made_in_a_pool_process_reaches_metrics_while_the_process_lives_
     from resilience import metrics
     from tests.jobs import add
 
-    env = settings_env(HEALTH_PORT=0, HEALTH_REFRESH_INTERVAL_SEC=0.2)
-    with SubprocessWorker(log_dir, env=env, concurrency=1, pool="prefork", include=["tests.jobs"]) as worker, \
-            _log_on_failure(worker):
-        url = worker_health_url(r, worker)
+    with _prefork_worker(log_dir, r, concurrency=1) as (worker, url):
         pool = worker.pool_pids()
         assert add.delay(1, 2).get(timeout=60) == 3
 
