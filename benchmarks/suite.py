@@ -131,7 +131,8 @@ class Bench:
 
     def __enter__(self) -> Bench:
         self.server.start()
-        self.client = redis.Redis(port=self.server.port, decode_responses=True)
+        # 60 s: redis-py's default socket timeout (5 s) is short for FLUSHALL of the scale phase on a busy machine
+        self.client = redis.Redis(port=self.server.port, decode_responses=True, socket_timeout=60)
         return self
 
     def __exit__(self, *exc: object) -> None:
