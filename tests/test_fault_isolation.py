@@ -9,6 +9,7 @@ process the good records.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import subprocess
@@ -190,16 +191,33 @@ def empty_spool():
         conn.execute("DELETE FROM spooled_jobs")
 
 
+@contextlib.contextmanager
+def flushing_paused():
+    """Hold the spool's flush lock, so no flusher thread an earlier test left drains the spool meanwhile."""
+    with contextlib.ExitStack() as stack:
+        def take() -> bool:
+            lock = spool.flush_locked()
+            if lock.__enter__():
+                stack.push(lock)
+                return True
+            lock.__exit__(None, None, None)
+            return False
+
+        wait_for(take, 30, message="the spool's flush lock")
+        yield
+
+
 def test_a_corrupt_spool_row_never_holds_back_the_rows_behind_it(app, r, empty_spool):
-    spool.append("tests.add", [1, 1], {}, "first", {})
-    _spool_row("not-json", "[1,", "{}", "{}")
-    _spool_row("wrong-types", '{"a": 1}', "[]", "{}")
-    _spool_row("bytes", b"\xff\xfe", "{}", "{}")
-    _spool_row("no-task", "[]", "{}", "{}", task="")
-    _spool_row("countdown-text", "[1, 2]", "{}", '{"countdown": "soon"}')
-    _spool_row("refused-by-celery", "[1, 2]", "{}", '{"expires": "tomorrow"}')
-    spool.append("tests.add", [2, 2], {}, "last", {})
-    listed = json.loads(cli("spool", "list", "--json").stdout)
+    with flushing_paused():
+        spool.append("tests.add", [1, 1], {}, "first", {})
+        _spool_row("not-json", "[1,", "{}", "{}")
+        _spool_row("wrong-types", '{"a": 1}', "[]", "{}")
+        _spool_row("bytes", b"\xff\xfe", "{}", "{}")
+        _spool_row("no-task", "[]", "{}", "{}", task="")
+        _spool_row("countdown-text", "[1, 2]", "{}", '{"countdown": "soon"}')
+        _spool_row("refused-by-celery", "[1, 2]", "{}", '{"expires": "tomorrow"}')
+        spool.append("tests.add", [2, 2], {}, "last", {})
+        listed = json.loads(cli("spool", "list", "--json").stdout)
 
     spool.drain(lambda job: _publish_spooled(app, job, 10.0))  # -1: a flusher thread of this process drains it
 
