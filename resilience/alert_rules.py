@@ -21,7 +21,10 @@ Evaluated periodically by the beat task ``resilience.alerts.evaluate``
   or more within ``ALERT_WINDOW_SEC`` (length samples kept in
   ``alerts:dead_letter:samples``).
 
-Every check reads Redis, logs and returns quietly when it cannot.
+Every check reads Redis, logs and returns quietly when it cannot. A key of
+the wrong type is reported once (:mod:`resilience.quarantine`) and reads as
+empty; a dead-letter length sample that is not ``<epoch ms>:<length>`` is
+moved to the quarantine; one rule's failure never stops the others.
 """
 
 from __future__ import annotations
@@ -32,6 +35,7 @@ from typing import Any
 
 from resilience.alerts import alert, send_due_summaries
 from resilience.keys import keys
+from resilience.quarantine import Bad, Batch, Reply
 from resilience.settings import get_settings
 from resilience.store import get_redis
 
@@ -78,11 +82,12 @@ def stuck_jobs_recovered(count: int, job_ids: list[str] | None = None, *, subjec
 
 def check_error_rate(now: float | None = None) -> bool:
     """Alert when more than ``ALERT_ERROR_RATE_PER_MIN`` errors were recorded in the last minute."""
-    from resilience.tracking import error_count_since
-
     now = time.time() if now is None else now
     threshold = get_settings().alert_error_rate_per_min
-    count = error_count_since(now - 60)
+    key = keys().errors_timeline
+    pipe = get_redis().pipeline(transaction=False)
+    pipe.zcount(key, int((now - 60) * 1000), "+inf")
+    (count,) = _read(pipe, [Reply(key, "sorted set", 0)])
     if count <= threshold:
         return False
     alert("error_rate", "all", level="warning", title="High error rate",
@@ -98,7 +103,7 @@ def check_queue_backlog(queues: list[str]) -> list[str]:
     for name in queues:
         pipe.llen(name)
     over = []
-    for name, depth in zip(queues, pipe.execute(), strict=True):
+    for name, depth in zip(queues, _read(pipe, [Reply(name, "list", 0) for name in queues]), strict=True):
         if depth > threshold:
             over.append(name)
             alert("queue_backlog", name, level="warning", title=f"Queue {name} backlog",
@@ -111,8 +116,11 @@ def check_workers(now: float | None = None) -> bool:
     """Alert when fewer than ``ALERT_MIN_WORKERS`` workers have a recent heartbeat."""
     settings = get_settings()
     now = time.time() if now is None else now
-    alive = int(get_redis().zcount(keys().worker_heartbeats, now - settings.worker_heartbeat_timeout_sec, "+inf"))
-    if alive >= settings.alert_min_workers:
+    key = keys().worker_heartbeats
+    pipe = get_redis().pipeline(transaction=False)
+    pipe.zcount(key, now - settings.worker_heartbeat_timeout_sec, "+inf")
+    (alive,) = _read(pipe, [Reply(key, "sorted set", None)])
+    if alive is None or alive >= settings.alert_min_workers:
         return False
     alert("workers_low", "cluster", level="critical", title="Too few live workers",
           message=f"{alive} live workers (minimum {settings.alert_min_workers})", component="workers",
@@ -131,15 +139,26 @@ def check_dead_letter_growth(now: float | None = None) -> bool:
     now_ms = int(now * 1000)
     k = keys()
     client = get_redis()
-    length = int(client.llen(k.dead_letter))
+    pipe = client.pipeline(transaction=False)
+    pipe.llen(k.dead_letter)
+    (length,) = _read(pipe, [Reply(k.dead_letter, "list", None)])
+    if length is None:
+        return False
     pipe = client.pipeline(transaction=True)
     pipe.zadd(k.alert_dead_letter_samples, {f"{now_ms}:{length}": now_ms})
     pipe.zremrangebyscore(k.alert_dead_letter_samples, "-inf", f"({now_ms - settings.alert_window_sec * 1000}")
     pipe.zrange(k.alert_dead_letter_samples, 0, -1)
     pipe.pexpire(k.alert_dead_letter_samples, settings.alert_window_sec * 2000)
-    samples = pipe.execute()[2]
-    lowest = min(int(s.rpartition(":")[2]) for s in samples) if samples else length
-    growth = length - lowest
+    samples = _read(pipe, [Reply(k.alert_dead_letter_samples, "sorted set", list)] * 4)[2]
+    lengths, bad = [], Batch("alert rules")
+    for sample in samples:
+        _, _, counted = sample.rpartition(":")
+        if counted.isdigit():
+            lengths.append(int(counted))
+        else:
+            bad.add(Bad(k.alert_dead_letter_samples, None, sample, "not <epoch ms>:<length>", "zset", sample))
+    bad.flush(client)
+    growth = length - min(lengths, default=length)
     if growth < settings.alert_dead_letter_growth:
         return False
     alert("dead_letter_growth", "jobs:dead_letter", level="warning", title="Dead-letter queue growing",
@@ -147,6 +166,15 @@ def check_dead_letter_growth(now: float | None = None) -> bool:
                   f"threshold {settings.alert_dead_letter_growth})", component="dead_letter",
           context={"growth": growth, "length": length, "threshold": settings.alert_dead_letter_growth})
     return True
+
+
+def _read(pipe, reads: list[Reply]) -> list:
+    """A pipeline's replies; a key of the wrong type is reported once and reads as its default."""
+    batch = Batch("alert rules")
+    try:
+        return batch.execute(pipe, reads)
+    finally:
+        batch.flush()
 
 
 def evaluate(queues: list[str] | None = None, now: float | None = None) -> list[str]:

@@ -66,6 +66,7 @@ from urllib.parse import urlsplit
 
 from resilience.backoff import ExponentialBackoff
 from resilience.keys import keys
+from resilience.quarantine import OBJECT, TEXT, Batch, Shape
 from resilience.redact import redact_bounded, redact_text
 from resilience.settings import Settings, get_settings
 from resilience.store import load_script
@@ -90,6 +91,8 @@ TIMESTAMPED_SIGNATURE_HEADER = "X-Resilience-Signature-Timestamped"
 DEFAULT_TOLERANCE_SEC = 300
 _TIMESTAMP_RE = re.compile(r"[0-9]{1,15}")
 _SEP = "\x1f"
+#: An ``alerts:last`` record (the latest suppressed alert of a window), as a summary reads it.
+_LAST = Shape({"level": TEXT, "title": TEXT, "message": TEXT, "component": TEXT, "context": OBJECT})
 _SUMMARY_POLL_SEC = 0.5
 
 #: What an alert body keeps at most, in bytes of JSON per field (a longer value is
@@ -326,13 +329,13 @@ def send_due_summaries(now: float | None = None, *, limit: int = 100) -> int:
     raw = load_script("alert_due")(keys=[k.alert_windows, k.alert_suppressed, k.alert_last],
                                    args=[int(now * 1000), limit])
     sent = 0
+    unreadable = Batch("alert summaries")
     for i in range(0, len(raw), 3):
         member, count, last_json = raw[i], int(raw[i + 1]), raw[i + 2]
         rule, _, subject = member.partition(_SEP)
-        try:
-            last = json.loads(last_json)
-        except ValueError:
-            last = {"level": "warning", "title": rule, "message": "", "component": "alerts", "context": {}}
+        # alert_due.lua took the record out already: a bad one is only recorded in the quarantine
+        last = unreadable.value(last_json, _LAST, source=k.alert_last, field=member) or {
+            "level": "warning", "title": rule, "message": "", "component": "alerts", "context": {}}
         context = dict(last.get("context") or {})
         context.update({"rule": rule, "subject": subject, "summary": True, "suppressed": count,
                         "window_sec": settings.alert_window_sec})
@@ -345,6 +348,7 @@ def send_due_summaries(now: float | None = None, *, limit: int = 100) -> int:
         _log_alert(rule, subject, payload["level"], payload["title"], payload["message"])
         post(payload, settings=settings)
         sent += 1
+    unreadable.flush()
     return sent
 
 

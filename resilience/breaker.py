@@ -28,7 +28,6 @@ through and jobs are never parked.
 from __future__ import annotations
 
 import contextlib
-import json
 import logging
 import random
 import threading
@@ -43,6 +42,7 @@ from celery.exceptions import Ignore, Reject, Retry
 
 from resilience.errors import CircuitOpenError
 from resilience.keys import keys
+from resilience.quarantine import INTEGER, NUMBER, TEXT, Shape, decode
 from resilience.settings import get_settings
 from resilience.store import get_redis, load_script
 
@@ -58,6 +58,13 @@ T = TypeVar("T")
 STATE_CLOSED = pybreaker.STATE_CLOSED
 STATE_OPEN = pybreaker.STATE_OPEN
 STATE_HALF_OPEN = pybreaker.STATE_HALF_OPEN
+
+#: A ``circuit_breakers:status`` record as the breaker scripts write it. A
+#: record of another shape reads as "malformed" in :func:`status` and as a
+#: closed breaker to calls (as ``breaker_admit.lua`` treats it); the next
+#: failure through the breaker writes a good one over it.
+RECORD = Shape({"state": TEXT, "failures": INTEGER, "opened_at": NUMBER, "half_open_at": NUMBER,
+                "trials": INTEGER, "fail_max": INTEGER, "reset_timeout_sec": NUMBER, "changed_at": NUMBER})
 
 #: Per-thread names of the breakers whose protected call is running, so a call
 #: through the same breaker nested inside it (a task-level breaker and the HTTP
@@ -176,8 +183,11 @@ class Breaker(pybreaker.CircuitBreaker):
 
     # -- state -----------------------------------------------------------------------
     def record(self) -> dict[str, Any]:
-        """This breaker's status record (``closed`` with no failures when it has none)."""
-        return status(self.name).get(self.name) or {"state": STATE_CLOSED, "failures": 0}
+        """This breaker's status record (``closed`` with no failures when it has none or a malformed one)."""
+        record = status(self.name).get(self.name)
+        if not record or record.get("malformed"):
+            return {"state": STATE_CLOSED, "failures": 0}
+        return record
 
     @property
     def current_state(self) -> str:
@@ -365,8 +375,19 @@ def circuit(name: str, **overrides: Any) -> Breaker:
     return get_breaker(name, **overrides)
 
 
+def read_record(text: Any) -> dict[str, Any]:
+    """A stored status record, or ``{"state": "malformed", "malformed": True, "problem", "raw"}``."""
+    record, problem = decode(text, RECORD)
+    if record is None:
+        return {"state": "malformed", "malformed": True, "problem": problem, "raw": str(text)[:200]}
+    return record
+
+
 def status(name: str | None = None, *, client: redis.Redis | None = None) -> dict[str, dict[str, Any]]:
-    """Breaker name -> status record, with ``half_open_in_sec`` for open breakers."""
+    """Breaker name -> status record, with ``half_open_in_sec`` for open breakers.
+
+    A malformed record is ``{"state": "malformed", "malformed": True, "problem", "raw"}``.
+    """
     client = client or get_redis()
     k = keys()
     if name is None:
@@ -377,10 +398,10 @@ def status(name: str | None = None, *, client: redis.Redis | None = None) -> dic
     now = time.time()
     records = {}
     for breaker_name, text in sorted(raw.items()):
-        try:
-            record = json.loads(text)
-        except ValueError:
-            record = {"state": "malformed", "raw": text}
+        record = read_record(text)
+        if record.get("malformed"):
+            records[breaker_name] = record
+            continue
         if record.get("state") == STATE_OPEN and record.get("opened_at") is not None:
             due = float(record["opened_at"]) + float(record.get("reset_timeout_sec") or 0)
             record["half_open_in_sec"] = round(max(0.0, due - now), 3)
@@ -389,9 +410,14 @@ def status(name: str | None = None, *, client: redis.Redis | None = None) -> dic
 
 
 def stats(*, client: redis.Redis | None = None) -> dict[str, int]:
-    """Counters of ``stats:breakers``: ``<name>:<event>`` -> count."""
+    """Counters of ``stats:breakers``: ``<name>:<event>`` -> count (a count that is not a number is left out)."""
     client = client or get_redis()
-    return {field: int(value) for field, value in client.hgetall(_stats_key()).items()}
+    counts = {}
+    for name, value in client.hgetall(_stats_key()).items():
+        count, problem = decode(value, INTEGER)
+        if problem is None:
+            counts[name] = count
+    return counts
 
 
 def reset(name: str) -> str:

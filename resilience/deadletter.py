@@ -17,8 +17,12 @@ Celery's ack neither loses nor doubles the job.
 
 The operator API (:func:`list_entries`, :func:`get`, :func:`replay`,
 :func:`purge`, :func:`stats`, :func:`trim`) backs ``resilience dlq``. It
-never fails on a malformed entry (not JSON, fields missing): such entries are
-reported as malformed and left in place.
+never fails on a malformed entry (not JSON, fields missing or of the wrong
+type, see :data:`ENTRY`): such entries are reported as malformed and left in
+place until the trim reaches them, which moves them to the quarantine
+(:mod:`resilience.quarantine`). Replay refuses an entry whose queue is not one
+of the app's (:func:`resilience.runtime.queue_names`, or the task's own
+route): a stored entry never decides which Redis key a message is pushed to.
 """
 
 from __future__ import annotations
@@ -34,9 +38,13 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
+import redis
+
+from resilience.errors import ReplayRefused
 from resilience.keys import keys
+from resilience.quarantine import ANY, ARRAY, INTEGER, OBJECT, TEXT, Bad, Batch, Shape, decode
 from resilience.redact import redact_bounded
-from resilience.runtime import app_or_bound, transport_options
+from resilience.runtime import app_or_bound, queue_names, transport_options
 from resilience.settings import get_settings
 from resilience.store import get_redis, load_script
 from resilience.platform_tasks import TRIM_DEAD_LETTERS, add_beat_entry
@@ -51,6 +59,12 @@ log = logging.getLogger(__name__)
 
 REQUIRED_FIELDS = ("job_id", "task", "args", "kwargs", "options", "failure_reason", "error_type",
                    "traceback", "failed_at", "retry_count", "worker")
+
+#: The types of an entry's fields (beyond :data:`REQUIRED_FIELDS` being present).
+ENTRY = Shape({"job_id": TEXT, "task": TEXT, "args": ARRAY, "kwargs": OBJECT,
+               "options": Shape({"queue": TEXT, "exchange": TEXT, "idempotency_key": TEXT, "headers": OBJECT}),
+               "failure_reason": TEXT, "error_type": TEXT, "traceback": TEXT, "failed_at": TEXT,
+               "retry_count": INTEGER, "worker": TEXT}, required=("job_id", "task"))
 
 #: Entries read per round trip when the tooling walks the list.
 PAGE = 1000
@@ -226,16 +240,13 @@ class Entry:
 
 
 def _parse(index: int, raw: str) -> Entry:
-    try:
-        data = json.loads(raw)
-    except ValueError:
-        return Entry(index, raw, None, "not JSON")
-    if not isinstance(data, dict):
-        return Entry(index, raw, None, "not a JSON object")
-    missing = [name for name in REQUIRED_FIELDS if name not in data]
-    if missing:
-        return Entry(index, raw, None, f"missing fields: {', '.join(missing)}")
-    return Entry(index, raw, data)
+    data, problem = decode(raw, ANY)
+    if problem is None and not isinstance(data, dict):
+        problem = "not a JSON object"
+    elif problem is None:
+        missing = [name for name in REQUIRED_FIELDS if name not in data]
+        problem = f"missing fields: {', '.join(missing)}" if missing else ENTRY.problem(data)
+    return Entry(index, raw, None, problem) if problem else Entry(index, raw, data)
 
 
 @dataclass(frozen=True)
@@ -331,16 +342,51 @@ def _select(ids: list[str] | None, flt: Filter) -> list[Entry]:
 
 
 # -- operating -----------------------------------------------------------------------------
+def replay_queues(app, task_name: str) -> set[str]:
+    """The queues a replay of ``task_name`` may go to: the app's, and the task's own route."""
+    names = set(queue_names(app))
+    own = getattr(app.tasks.get(task_name), "queue", None)
+    if isinstance(own, str):
+        names.add(own)
+    try:
+        routed = app.amqp.router.route({}, task_name, (), {}).get("queue")
+    except Exception:  # noqa: BLE001 - a router function of the app's: its verdict is optional here
+        routed = None
+    routed = getattr(routed, "name", routed)
+    if isinstance(routed, str):
+        names.add(routed)
+    return names
+
+
+def replay_queue(data: dict[str, Any], app) -> str:
+    """The queue a replay of entry ``data`` goes to; :class:`ReplayRefused` when it may not be replayed."""
+    problem = ENTRY.problem(data)
+    if problem:
+        raise ReplayRefused(str(data.get("job_id")), f"malformed entry ({problem})")
+    if arguments_cut(data):
+        raise ReplayRefused(str(data["job_id"]), "its arguments were cut when it was dead-lettered")
+    queue = (data.get("options") or {}).get("queue") or app.conf.task_default_queue or "celery"
+    allowed = replay_queues(app, data["task"])
+    if queue not in allowed:
+        raise ReplayRefused(str(data["job_id"]), f"queue {queue!r} is not a queue of this app "
+                                                 f"({', '.join(sorted(allowed))})")
+    return queue
+
+
 def fresh_envelope(data: dict[str, Any], app=None) -> tuple[str, str]:
-    """The queue key and kombu envelope that re-runs a dead-lettered job as a fresh attempt."""
+    """The queue key and kombu envelope that re-runs a dead-lettered job as a fresh attempt.
+
+    Raises :class:`~resilience.errors.ReplayRefused` when the entry may not be
+    replayed (see :func:`replay_queue`).
+    """
     from resilience.scheduler import capture_message
 
     app = app_or_bound(app)
-    options = data.get("options") if isinstance(data.get("options"), dict) else {}
+    queue = replay_queue(data, app)
+    options = data.get("options") or {}
     headers = {}
     if options.get("idempotency_key"):
         headers["idempotency_key"] = options["idempotency_key"]
-    queue = options.get("queue") or app.conf.task_default_queue or "celery"
 
     def send(producer):
         return app.send_task(data["task"], args=list(data.get("args") or []), kwargs=dict(data.get("kwargs") or {}),
@@ -360,19 +406,22 @@ def arguments_cut(data: dict[str, Any]) -> bool:
 class Outcome:
     """What an operation did (or, with ``dry_run``, would do).
 
-    ``refused``: entries replay leaves alone, because their arguments were cut
-    when they were written (running them would use the cut arguments).
+    ``refused``: entries replay leaves alone (:class:`~resilience.errors.ReplayRefused`),
+    because their arguments were cut when they were written (running them
+    would use the cut arguments) or their queue is not one of the app's;
+    ``reasons`` says why, by job id.
     """
 
     matched: list[str] = field(default_factory=list)
     done: list[str] = field(default_factory=list)
     gone: list[str] = field(default_factory=list)
     refused: list[str] = field(default_factory=list)
+    reasons: dict[str, str] = field(default_factory=dict)
     dry_run: bool = False
 
     def to_json(self) -> dict[str, Any]:
         return {"matched": self.matched, "done": self.done, "gone": self.gone, "refused": self.refused,
-                "dry_run": self.dry_run}
+                "reasons": self.reasons, "dry_run": self.dry_run}
 
 
 def replay_entry(entry: Entry, app=None) -> bool:
@@ -383,9 +432,6 @@ def replay_entry(entry: Entry, app=None) -> bool:
     """
     if entry.data is None:
         raise ValueError(f"entry {entry.index} is malformed ({entry.problem}); it cannot be replayed")
-    if arguments_cut(entry.data):
-        raise ValueError(f"the arguments of job {entry.job_id} were cut when it was dead-lettered; "
-                         "it cannot be replayed")
     app = app_or_bound(app)
     job_id = str(entry.data["job_id"])
     queue_key, envelope = fresh_envelope(entry.data, app)
@@ -403,18 +449,25 @@ def replay(ids: list[str] | None = None, *, all: bool = False, task: str | None 
     """Replay the entries of ``ids``, or with ``all=True`` every entry matching the filters.
 
     The job runs again with its stored (redacted) arguments: secrets masked
-    in the entry stay masked, so pass secrets to jobs by reference. Entries
-    whose arguments were cut when written are refused (``Outcome.refused``).
+    in the entry stay masked, so pass secrets to jobs by reference. An entry
+    that cannot be replayed (:class:`~resilience.errors.ReplayRefused`: its
+    arguments were cut when it was written, or its queue is not the app's) is
+    left in place and listed in ``refused``; the others go on.
     """
     if not ids and not all:
         raise ValueError("name job ids to replay, or pass all=True")
     outcome = Outcome(dry_run=dry_run)
     for entry in _select(ids, _filter(task, error_type, since)):
         outcome.matched.append(entry.job_id)
-        if arguments_cut(entry.data):
-            outcome.refused.append(entry.job_id)
-        elif not dry_run:
+        try:
+            if dry_run:
+                replay_queue(entry.data, app_or_bound(app))
+                continue
             (outcome.done if replay_entry(entry, app) else outcome.gone).append(entry.job_id)
+        except ReplayRefused as refused:
+            outcome.refused.append(entry.job_id)
+            outcome.reasons[entry.job_id] = refused.reason
+            log.warning("dead-letter entry of job %s not replayed: %s", entry.job_id, refused.reason)
     return outcome
 
 
@@ -490,20 +543,34 @@ def trim(*, now: float | None = None, ttl_days: float | None = None, max_entries
 
     Each step is one Lua call (``lua/deadletter_trim.lua``) over at most
     ``batch`` entries from the oldest end; entries whose age cannot be read
-    are kept for an operator.
+    that it walks past are moved to the quarantine (one more round trip).
     """
     settings = get_settings()
     now = time.time() if now is None else now
     ttl_days = settings.dead_letter_ttl_days if ttl_days is None else ttl_days
     max_entries = settings.dead_letter_max_entries if max_entries is None else max_entries
     script = load_script("deadletter_trim")
+    key = keys().dead_letter
     expired = capped = 0
     while True:
-        removed, cut, more = script(keys=[keys().dead_letter],
-                                    args=[repr(now - ttl_days * 86400), batch, max_entries])
+        try:
+            removed, cut, more, *unreadable = script(keys=[key], args=[repr(now - ttl_days * 86400), batch,
+                                                                      max_entries])
+        except redis.ResponseError as err:
+            if "WRONGTYPE" not in str(err):
+                raise
+            wrong = Batch("dead-letter trim")
+            wrong.wrong_type(key, "list", err)
+            wrong.flush()
+            break
         expired += int(removed)
         capped += int(cut)
-        if not (str(more) == "1" and int(removed) > 0):
+        bad = Batch("dead-letter trim")
+        for raw in unreadable:
+            bad.add(Bad(key, None, raw, _parse(-1, raw).problem or "failed_at is not an ISO 8601 UTC time",
+                        "list", raw))
+        moved = bad.flush()
+        if not (str(more) == "1" and (int(removed) > 0 or moved)):
             break
     if expired or capped:
         log.info("dead-letter queue trimmed: %d expired, %d beyond the cap", expired, capped)

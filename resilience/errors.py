@@ -14,6 +14,7 @@
     │   ├── BrokerUnavailable       Redis unreachable and spooling is off
     │   └── SpoolFull               Redis unreachable and the local spool is full
     ├── CircuitOpenError            a call was refused by an open circuit breaker
+    ├── ReplayRefused               a dead-letter entry names a queue that is not the app's
     ├── EmbeddedRedisError          the embedded redis-server could not start
     │   └── RedisNotRunning         none runs, and this process may not start one
     └── StoreUnavailable            the platform's Redis store did not answer
@@ -105,6 +106,15 @@ class CircuitOpenError(ResilienceError):
         self.retry_after_sec = retry_after_sec
         suffix = f"; retry in {retry_after_sec:.1f}s" if retry_after_sec is not None else ""
         super().__init__(f"circuit breaker {breaker!r} is open{suffix}")
+
+
+class ReplayRefused(ResilienceError, ValueError):
+    """A dead-letter entry cannot be replayed as it is (its queue is not one of the app's)."""
+
+    def __init__(self, job_id: str, reason: str) -> None:
+        self.job_id = job_id
+        self.reason = reason
+        super().__init__(f"job {job_id}: {reason}")
 
 
 class EmbeddedRedisError(ResilienceError):

@@ -117,6 +117,16 @@ class Keys:
         """Sorted set: ``<epoch ms>:<length>`` samples of the dead-letter queue length."""
         return self._k("alerts:dead_letter:samples")
 
+    @property
+    def quarantine(self) -> str:
+        """Hash: id -> JSON of a bad record taken out of the key it was read from (see ``resilience.quarantine``)."""
+        return self._k("quarantine")
+
+    @property
+    def quarantine_index(self) -> str:
+        """Sorted set: quarantine id -> epoch ms it was quarantined (oldest trimmed first)."""
+        return self._k("quarantine:index")
+
     def write_probe(self, name: str) -> str:
         """String with a short TTL: written to learn whether Redis accepts writes (not full)."""
         return self._k(f"probe:{name}")

@@ -14,7 +14,10 @@ crash loses it. Here a delayed run never becomes a message until it is due:
 * :func:`promote_due` moves due runs to their queue lists atomically
   (``lua/schedule_promote.lua``). Every worker runs it from a bootstep timer
   (:class:`PromoterStep`) and beat runs it as a backstop; concurrent promoters
-  move each run once.
+  move each run once. A run whose payload is unreadable (not JSON, not
+  :data:`DELAYED_RUN`, a message that is not a kombu message), has none, or
+  whose queue key holds another type is moved to the quarantine
+  (:mod:`resilience.quarantine`): it never holds back the runs behind it.
 
 A worker crash or restart while a run waits loses nothing, and a delay longer
 than the visibility timeout runs the job once. ``FEATURE_SMART_RETRY=false``
@@ -38,13 +41,18 @@ from celery import bootsteps
 from kombu import Producer
 
 from resilience.keys import keys
+from resilience.quarantine import TEXT, Bad, Batch, Reply, Shape, decode
 from resilience.settings import Settings, get_settings
 from resilience.store import get_redis, load_script
 from resilience.platform_tasks import PROMOTE_DELAYED_RUNS, add_beat_entry
+from resilience.unacked import MESSAGE
 
 __all__ = ["wants_delay", "schedule", "capture_message", "promote_due", "waiting", "PromoterStep", "install"]
 
 log = logging.getLogger(__name__)
+
+#: A ``jobs:scheduled:payloads`` record: the queue list key and the kombu envelope (JSON) to push there.
+DELAYED_RUN = Shape({"queue": TEXT, "message": TEXT}, required=("queue", "message"))
 
 
 def wants_delay(options: dict) -> bool:
@@ -196,23 +204,46 @@ def promote_due(*, now: float | None = None, limit: int | None = None, client=No
     k = keys()
     now = time.time() if now is None else now
     limit = limit or settings.scheduler_batch_size
-    ids = client.zrangebyscore(k.scheduled, "-inf", repr(now), start=0, num=limit)
+    batch = Batch("scheduler")
+    try:
+        return _promote(client, k, now, limit, batch)
+    finally:
+        batch.flush(client, now=now)
+
+
+def _promote(client, k, now: float, limit: int, batch: Batch) -> int:
+    pipe = client.pipeline(transaction=False)
+    pipe.zrangebyscore(k.scheduled, "-inf", repr(now), start=0, num=limit)
+    (ids,) = batch.execute(pipe, [Reply(k.scheduled, "sorted set", list)])
     if not ids:
         return 0
-    payloads = client.hmget(k.scheduled_payloads, ids)
+    pipe.hmget(k.scheduled_payloads, ids)
+    (payloads,) = batch.execute(pipe, [Reply(k.scheduled_payloads, "hash", lambda: [None] * len(ids))])
     queue_keys: list[str] = []
     argv: list[Any] = [repr(now)]
-    for job_id, raw in zip(ids, payloads, strict=True):
-        try:
-            queue = json.loads(raw)["queue"]
-        except (TypeError, ValueError, KeyError):
-            log.error("delayed run %s has an unreadable payload; dropping it: %.200r", job_id, raw)
-            queue = k.scheduled_payloads  # any key: the script drops the entry
-        if queue not in queue_keys:
-            queue_keys.append(queue)
-        argv += [job_id, queue_keys.index(queue) + 3]
-    return int(load_script("schedule_promote", client)(keys=[k.scheduled, k.scheduled_payloads, *queue_keys],
-                                                       args=argv))
+    raw_of = dict(zip(ids, payloads, strict=True))
+    for job_id, raw in raw_of.items():
+        if raw is None:
+            # schedule() writes both keys in one step: a due id without a payload never gets one
+            batch.add(Bad(k.scheduled, job_id, None, "no payload in jobs:scheduled:payloads", "zset", job_id))
+            continue
+        run = batch.hash_value(k.scheduled_payloads, job_id, raw, DELAYED_RUN, companion=k.scheduled)
+        if run is None:
+            continue
+        _, problem = decode(run["message"], MESSAGE)
+        if problem:
+            batch.add(Bad(k.scheduled_payloads, job_id, raw, f"message: {problem}", "hash", job_id, k.scheduled))
+            continue
+        if run["queue"] not in queue_keys:
+            queue_keys.append(run["queue"])
+        argv += [job_id, queue_keys.index(run["queue"]) + 3]
+    if len(argv) == 1:
+        return 0
+    moved, *refused = load_script("schedule_promote", client)(
+        keys=[k.scheduled, k.scheduled_payloads, *queue_keys], args=argv)
+    for job_id, problem in zip(refused[::2], refused[1::2], strict=True):
+        batch.add(Bad(k.scheduled_payloads, job_id, raw_of.get(job_id), problem, "hash", job_id, k.scheduled))
+    return int(moved)
 
 
 def waiting() -> int:

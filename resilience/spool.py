@@ -14,6 +14,13 @@ order.
 
 The spool holds at most ``SPOOL_MAX_JOBS`` rows; beyond that :func:`append`
 raises :class:`~resilience.errors.SpoolFull`, logs an error and alerts.
+
+A corrupt row (its arguments or options not JSON of the right types, no task
+name) or one that Celery refuses to publish for its data (a ``TypeError`` or
+``ValueError`` from ``send_task``) never holds back the rows behind it: it is
+moved to the quarantine (:mod:`resilience.quarantine`; when even that is
+refused, it is dropped with an ERROR naming it) and the flush goes on with
+the next row.
 """
 
 from __future__ import annotations
@@ -22,6 +29,7 @@ import contextlib
 import fcntl
 import json
 import logging
+import math
 import os
 import sqlite3
 import time
@@ -30,13 +38,18 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from resilience.errors import SpoolFull
+from kombu.exceptions import EncodeError
+
+from resilience.connection import is_outage
+from resilience.errors import ResilienceError, SpoolFull
 from resilience.localfiles import private_dir, private_file
+from resilience.quarantine import ARRAY, INTEGER, NUMBER, OBJECT, TEXT, Bad, Batch, Shape, decode, one_of
 from resilience.settings import get_settings
 
 log = logging.getLogger(__name__)
 
-__all__ = ["SpooledJob", "spool_path", "append", "pending", "oldest", "remove", "flush_locked", "count", "drain"]
+__all__ = ["SpooledJob", "spool_path", "append", "pending", "oldest", "read", "remove", "flush_locked", "count",
+           "drain"]
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS spooled_jobs (
@@ -49,6 +62,11 @@ CREATE TABLE IF NOT EXISTS spooled_jobs (
     spooled_at REAL NOT NULL
 )
 """
+
+
+#: The options of a spooled job that Celery's publish reads, with their types.
+OPTIONS = Shape({"queue": TEXT, "exchange": TEXT, "routing_key": TEXT, "priority": INTEGER, "countdown": NUMBER,
+                 "eta": TEXT, "expires": one_of(NUMBER, TEXT), "headers": OBJECT, "retries": INTEGER})
 
 
 @dataclass(frozen=True)
@@ -149,12 +167,42 @@ def pending() -> bool:
 
 
 def oldest(limit: int = 100) -> list[SpooledJob]:
-    """The oldest spooled jobs, in submission order."""
+    """The oldest readable spooled jobs, in submission order (corrupt rows are left out)."""
+    return read(limit)[0]
+
+
+def read(limit: int = 100) -> tuple[list[SpooledJob], list[Bad]]:
+    """The oldest rows, in order: the jobs, and the rows that are not readable jobs."""
     with _db() as conn:
         rows = conn.execute("SELECT seq, job_id, task, args, kwargs, options, spooled_at FROM spooled_jobs"
                             " ORDER BY seq LIMIT ?", (limit,)).fetchall()
-    return [SpooledJob(seq, job_id, task, json.loads(a), json.loads(k), json.loads(o), at)
-            for seq, job_id, task, a, k, o, at in rows]
+    jobs, bad = [], []
+    for seq, job_id, task, *columns in rows:
+        decoded, problem = [], None
+        for name, raw, kind in zip(("args", "kwargs", "options"), columns, (ARRAY, OBJECT, OPTIONS)):
+            value, problem = decode(raw, kind)
+            if problem:
+                problem = f"{name}: {problem}"
+                break
+            decoded.append(value)
+        if problem is None and not (isinstance(task, str) and task and isinstance(job_id, str) and job_id):
+            problem = "no task name or job id"
+        if problem is None and not (isinstance(columns[3], (int, float)) and math.isfinite(columns[3])):
+            problem = "spooled_at: not a number"
+        if problem:
+            bad.append(_bad_row(seq, job_id, task, columns, problem))
+        else:
+            args, kwargs, options = decoded
+            jobs.append(SpooledJob(seq, job_id, task, list(args), dict(kwargs), options, columns[3]))
+    return jobs, bad
+
+
+def _bad_row(seq: int, job_id: Any, task: Any, columns: list, problem: str) -> Bad:
+    """A spool row as a quarantine record (its columns as JSON text; ``member`` is its seq)."""
+    names = ("args", "kwargs", "options", "spooled_at")
+    row = {"seq": seq, "job_id": job_id, "task": task, **dict(zip(names, columns, strict=True))}
+    raw = json.dumps(row, default=lambda v: v.decode("utf-8", "surrogateescape") if isinstance(v, bytes) else repr(v))
+    return Bad(str(spool_path()), f"row {seq}", raw, problem, member=str(seq))
 
 
 def remove(seq: int) -> None:
@@ -186,19 +234,55 @@ def flush_locked() -> Iterator[bool]:
 def drain(publish: Callable[[SpooledJob], None], *, batch: int = 100) -> int:
     """Publish spooled jobs oldest first until the spool is empty; returns how many went out.
 
-    ``publish`` raising stops the drain (the job stays spooled, order kept).
-    Returns -1 when another process is flushing this spool.
+    ``publish`` raising stops the drain (the job stays spooled, order kept),
+    unless the error is about the job's own data: that row, like a corrupt
+    one, is quarantined and the drain goes on. Returns -1 when another
+    process is flushing this spool.
     """
     sent = 0
     with flush_locked() as held:
         if not held:
             return -1
         while True:
-            jobs = oldest(batch)
-            if not jobs:
+            jobs, bad = read(batch)
+            if not jobs and not bad:
                 return sent
+            _quarantine(bad)
             for job in jobs:
-                publish(job)
+                try:
+                    publish(job)
+                except Exception as err:
+                    if not _refused_for_its_data(err):
+                        raise
+                    _quarantine([_bad_row(job.seq, job.job_id, job.task,
+                                          [json.dumps(job.args), json.dumps(job.kwargs),
+                                           _options_json(job.options), job.spooled_at],
+                                          f"not publishable: {type(err).__name__}: {err}")])
+                    continue
                 remove(job.seq)
                 sent += 1
+
+
+def _refused_for_its_data(err: BaseException) -> bool:
+    """A publish error caused by the job's data (not an outage, not the platform's configuration)."""
+    return (isinstance(err, (TypeError, ValueError, LookupError, EncodeError))
+            and not isinstance(err, ResilienceError) and not is_outage(err))
+
+
+def _quarantine(rows: list[Bad]) -> None:
+    """Move rows out of the spool into the quarantine; an outage stops the drain (the rows stay)."""
+    if not rows:
+        return
+    batch = Batch("spool flush")
+    for row in rows:
+        batch.add(row)
+    try:
+        batch.flush(strict=True)
+    except Exception as err:
+        if is_outage(err):
+            raise
+        for row in rows:
+            log.error("spooled %s dropped: %s; the quarantine refused it: %s", row.field, row.problem, err)
+    for row in rows:
+        remove(int(row.member))
 

@@ -80,6 +80,9 @@ def client_options(settings: Settings | None = None) -> dict:
         "retry": TrackedRetry("store", ExponentialWithJitterBackoff(base=0.05, cap=1.0), retries=3),
         "retry_on_timeout": False,
         "decode_responses": True,
+        # Bytes that are not UTF-8 (a corrupt record) arrive as lone surrogates instead of failing the
+        # whole reply, and encode back to the same bytes (compare-and-delete into the quarantine).
+        "encoding_errors": "surrogateescape",
     }
 
 

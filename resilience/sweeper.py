@@ -26,20 +26,28 @@ One sweep, in order:
 
 The whole sweep costs a fixed number of round trips (pipelines), whatever
 the number of active jobs; only the jobs it acts on cost more.
+
+A bad record (a ``jobs:active`` entry, a ``workers:info`` record or an
+``unacked`` entry that is not JSON of the expected shape) is skipped and moved
+to the quarantine (:mod:`resilience.quarantine`) in one more round trip; a
+worker whose ``workers:info`` record is bad counts as holding no messages
+(as one without a record). A key of the wrong type is reported once and the
+sweep goes on without it.
 """
 
 from __future__ import annotations
 
-import json
 import logging
 import time
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from resilience import deadletter, unacked
+from resilience.connection import is_outage
 from resilience.identity import hostname_of
 from resilience.keys import keys
 from resilience.locks import Lock
+from resilience.quarantine import ARRAY, INTEGER, NUMBER, OBJECT, TEXT, Batch, Reply, Shape
 from resilience.runtime import app_or_bound, transport_options
 from resilience.platform_tasks import SWEEP_STUCK_JOBS, add_beat_entry
 from resilience.settings import Settings, get_settings
@@ -58,6 +66,15 @@ LOCK_NAME = "sweeper"
 #: off mid-way safe to run again, so nothing is gained by a polite stop.
 TERMINATE_SIGNAL = "SIGKILL"
 
+#: A ``jobs:active`` entry as the sweep reads it (``resilience.executions.registry_entry`` writes it).
+ACTIVE_ENTRY = Shape({"task": TEXT, "worker": TEXT, "hostname": TEXT, "started_at": NUMBER,
+                      "last_progress_at": NUMBER, "timeout": NUMBER, "attempt": INTEGER, "queue": TEXT,
+                      "exchange": TEXT, "delivery_tag": TEXT, "idempotency_key": TEXT, "args": ARRAY,
+                      "kwargs": OBJECT}, required=("task", "worker"))
+#: A ``workers:info`` record (``resilience.heartbeat`` writes it).
+WORKER_INFO = Shape({"at": NUMBER, "started_at": NUMBER, "tags": ARRAY})
+
+
 @dataclass
 class SweepReport:
     """What one sweep saw and did (``resilience sweep --json`` prints it)."""
@@ -74,6 +91,9 @@ class SweepReport:
     forgotten_workers: list[str] = field(default_factory=list)
     stopped: list[dict] = field(default_factory=list)
     errors: list[str] = field(default_factory=list)
+    #: Bad records skipped (``key [field]: problem``), and how many of them were quarantined.
+    bad_records: list[str] = field(default_factory=list)
+    quarantined: int = 0
 
     @property
     def acted(self) -> int:
@@ -116,18 +136,35 @@ def _sweep(app, settings: Settings, now: float) -> SweepReport:
     r = get_redis()
     report = SweepReport(at=now)
     transport = transport_options(app)
+    batch = Batch("sweep")
+    try:
+        _sweep_records(app, r, k, settings, now, transport, batch, report)
+    finally:
+        report.bad_records = batch.problems
+        report.quarantined = len(batch.flush(r, now=now))
+    return report
 
+
+def _sweep_records(app, r, k, settings: Settings, now: float, transport: dict, batch: Batch,
+                   report: SweepReport) -> None:
     pipe = r.pipeline(transaction=False)
     pipe.zrange(k.worker_heartbeats, 0, -1, withscores=True)
     pipe.hgetall(k.worker_info)
     pipe.hgetall(k.active)
     pipe.zrangebyscore(k.active_deadlines, "-inf", now)
     pipe.zrange(k.kombu_unacked_index(transport), 0, -1, withscores=True)
-    beats, infos, raw_active, overdue, unacked_index = pipe.execute()
+    beats, infos, raw_active, overdue, unacked_index = batch.execute(pipe, [
+        Reply(k.worker_heartbeats, "sorted set", list), Reply(k.worker_info, "hash", dict),
+        Reply(k.active, "hash", dict), Reply(k.active_deadlines, "sorted set", list),
+        Reply(k.kombu_unacked_index(transport), "sorted set", list)])
 
     live = {w: t for w, t in beats if t > now - settings.worker_heartbeat_timeout_sec}
     report.live_workers = sorted(live)
-    active = {job_id: _loads(raw) for job_id, raw in raw_active.items()}
+    active = {}
+    for job_id, raw in raw_active.items():
+        entry = batch.hash_value(k.active, job_id, raw, ACTIVE_ENTRY, companion=k.active_deadlines)
+        if entry is not None:
+            active[job_id] = entry
     report.active_jobs = len(active)
     report.dead_workers = sorted({w for w, _ in beats if w not in live}
                                  | {e.get("worker") for e in active.values()
@@ -138,7 +175,8 @@ def _sweep(app, settings: Settings, now: float) -> SweepReport:
     held: set[str] = set()
     beat_times = []
     for worker in live:
-        info = _loads(infos.get(worker))
+        raw = infos.get(worker)
+        info = (batch.hash_value(k.worker_info, worker, raw, WORKER_INFO) if raw is not None else None) or {}
         held.update(str(t) for t in info.get("tags") or ())
         beat_times.append(float(info.get("at") or live[worker]))
     # A message delivered after a live worker's latest heartbeat may be held
@@ -148,21 +186,31 @@ def _sweep(app, settings: Settings, now: float) -> SweepReport:
     orphans = [tag for tag, delivered in unacked_index if tag not in held and delivered < cutoff]
 
     entry_by_tag = {str(e["delivery_tag"]): (job_id, e) for job_id, e in active.items() if e.get("delivery_tag")}
-    restored_jobs = _restore_orphans(r, k, orphans, entry_by_tag, dead, report, transport)
+    restored_jobs = _restore_orphans(r, orphans, entry_by_tag, dead, report, transport, batch)
 
     in_unacked = {tag for tag, _ in unacked_index}
     for job_id, entry in active.items():
         worker = entry.get("worker")
         if worker in dead and job_id not in restored_jobs and str(entry.get("delivery_tag")) not in in_unacked:
-            _requeue_from_entry(app, r, k, settings, job_id, entry, now, report)
+            _for_one_job(report, job_id, _requeue_from_entry, app, r, k, settings, job_id, entry, now, report)
 
     for job_id in overdue:
         entry = active.get(job_id)
         if entry is None or entry.get("worker") not in live:
             continue
-        _stop_stuck(app, r, k, settings, job_id, entry, now, report)
+        _for_one_job(report, job_id, _stop_stuck, app, r, k, settings, job_id, entry, now, report)
     _forget_long_dead_workers(r, k, beats, active, now, settings, report)
-    return report
+
+
+def _for_one_job(report: SweepReport, job_id: str, action, *args) -> None:
+    """Act on one job: an error other than an outage is reported, and the sweep goes on with the next."""
+    try:
+        action(*args)
+    except Exception as exc:
+        if is_outage(exc):
+            raise
+        report.errors.append(f"job {job_id}: {exc}")
+        log.exception("sweep: could not act on job %s", job_id)
 
 
 #: A dead worker stays listed (as DEAD in ``resilience status``) this long.
@@ -188,19 +236,9 @@ def _abandoned(entry: dict, now: float, settings: Settings) -> bool:
     return float(entry.get("started_at") or 0) < now - settings.worker_heartbeat_timeout_sec
 
 
-def _loads(raw: str | None) -> dict:
-    if not raw:
-        return {}
-    try:
-        value = json.loads(raw)
-    except ValueError:
-        return {}
-    return value if isinstance(value, dict) else {}
-
-
 # -- 1. orphaned messages ------------------------------------------------------------
-def _restore_orphans(r, k, tags: list[str], entry_by_tag: dict, dead: set[str], report: SweepReport,
-                     transport: dict) -> set[str]:
+def _restore_orphans(r, tags: list[str], entry_by_tag: dict, dead: set[str], report: SweepReport,
+                     transport: dict, batch: Batch) -> set[str]:
     """Push orphaned ``unacked`` messages back (a fixed number of round trips for all of them)."""
     candidates = []
     for tag in tags:
@@ -210,7 +248,7 @@ def _restore_orphans(r, k, tags: list[str], entry_by_tag: dict, dead: set[str], 
             job_id = ""  # the entry belongs to a run on a live worker: leave it
         candidates.append(unacked.Candidate(tag, job_id=job_id, owner=owner))
     restored = set()
-    for done in unacked.restore(r, candidates, transport, errors=report.errors):
+    for done in unacked.restore(r, candidates, transport, batch):
         headers = done.payload.get("headers") or {}
         tag, job_id, owner = done.candidate.tag, done.candidate.job_id, done.candidate.owner
         action = {"job_id": headers.get("id") or job_id or None, "task": headers.get("task"),
@@ -353,6 +391,8 @@ def _record(report: SweepReport) -> None:
         for name, items in (("restored", report.restored), ("requeued", report.requeued)):
             if items:
                 pipe.hincrby(stats, name, len(items))
+        if report.quarantined:
+            pipe.hincrby(stats, "quarantined", report.quarantined)
         for outcome in ("retried", "dead_lettered", "failed"):
             count = sum(1 for a in report.stopped if a.get("outcome") == outcome)
             if count:

@@ -50,6 +50,7 @@ from types import TracebackType
 from typing import Any
 
 from resilience.keys import keys
+from resilience.quarantine import INTEGER, NUMBER, OBJECT, TEXT, Bad, Batch, Shape, decode
 from resilience.redact import clip, redact_bounded, redact_text
 from resilience.settings import Settings, get_settings
 from resilience.store import get_redis, load_script
@@ -75,6 +76,12 @@ MAX_TRACEBACK_BYTES = 8 * 1024
 MAX_CONTEXT_VALUE_BYTES = 2 * 1024
 MAX_CONTEXT_BYTES = 8 * 1024
 _WRITE_CHUNK = 500  # records per Lua call: a large backlog never blocks Redis for long
+
+#: An ``errors:timeline`` record as :func:`flush` writes it; :func:`timeline` shows
+#: a record of another shape as ``{"malformed": true, "problem", "raw"}``.
+RECORD = Shape({"error_id": TEXT, "component": TEXT, "operation": TEXT, "error_type": TEXT, "error_message": TEXT,
+                "job_id": TEXT, "task": TEXT, "worker": TEXT, "fingerprint": TEXT, "context": OBJECT,
+                "timestamp": NUMBER, "traceback": TEXT})
 
 _NORMALISERS = [
     (re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}", re.I), "<uuid>"),
@@ -280,8 +287,10 @@ def flush() -> int:
             argv: list[Any] = [cutoff, settings.error_timeline_max_entries]
             for score, record_json, pattern in chunk:
                 argv += [score, record_json, pattern]
-            written += int(script(keys=[k.errors_timeline, k.errors_patterns], args=argv))
+            added, *problems = script(keys=[k.errors_timeline, k.errors_patterns], args=argv)
+            written += int(added)
             del batch[:_WRITE_CHUNK]
+            _set_aside(k, problems)
         return written
     except Exception as exc:  # observers never break what they observe
         log.warning("error tracking could not write %d records: %s", len(batch), exc)
@@ -289,6 +298,19 @@ def flush() -> int:
             _buffer.unwritten.extendleft(reversed(batch))
             _buffer.dropped += _trim(_buffer.unwritten, settings.error_buffer_max)
         return written
+
+
+def _set_aside(k, problems: list[str]) -> None:
+    """Report what ``errors_record.lua`` could not count: keys of the wrong type, counts that were not numbers."""
+    if not problems:
+        return
+    bad = Batch("error tracking")
+    for kind, name, detail in zip(problems[::3], problems[1::3], problems[2::3], strict=True):
+        if kind == "wrongtype":
+            bad.wrong_type(name, "sorted set" if name == k.errors_timeline else "hash", detail)
+        else:  # the script already started this pattern's count again at 1
+            bad.add(Bad(k.errors_patterns, name, detail, "count is not an integer (counted again from 1)"))
+    bad.flush()
 
 
 def pending() -> int:
@@ -399,15 +421,22 @@ def _alert_job_failed(record: dict[str, Any]) -> None:
 # -- reading -------------------------------------------------------------------------------
 
 def patterns(limit: int | None = None) -> list[dict[str, Any]]:
-    """Error patterns, most frequent first: ``[{pattern, component, operation, error_type, count}]``."""
+    """Error patterns, most frequent first: ``[{pattern, component, operation, error_type, count}]``.
+
+    A count that is not a number is shown as ``count: null, malformed: true`` (last).
+    """
     raw = get_redis().hgetall(keys().errors_patterns)
     rows = []
-    for pattern, count in raw.items():
+    for pattern, value in raw.items():
         component, _, rest = pattern.partition(":")
         operation, _, error_type = rest.rpartition(":")
-        rows.append({"pattern": pattern, "component": component, "operation": operation,
-                     "error_type": error_type, "count": int(count)})
-    rows.sort(key=lambda row: (-row["count"], row["pattern"]))
+        count, problem = decode(value, INTEGER)
+        row = {"pattern": pattern, "component": component, "operation": operation, "error_type": error_type,
+               "count": count}
+        if problem:
+            row.update(malformed=True, problem=problem, raw=str(value)[:200])
+        rows.append(row)
+    rows.sort(key=lambda row: (-(row["count"] if row["count"] is not None else -1), row["pattern"]))
     return rows[:limit] if limit else rows
 
 
@@ -418,10 +447,8 @@ def timeline(limit: int = 50, *, since: float | None = None, until: float | None
     raw = get_redis().zrevrangebyscore(keys().errors_timeline, high, low, start=0, num=limit)
     records = []
     for item in raw:
-        try:
-            records.append(json.loads(item))
-        except ValueError:
-            records.append({"malformed": item})
+        record, problem = decode(item, RECORD)
+        records.append(record if problem is None else {"malformed": True, "problem": problem, "raw": item[:500]})
     return records
 
 

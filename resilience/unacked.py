@@ -12,6 +12,11 @@ never push a message twice.
 Queue and priority are resolved like kombu's ``_do_restore_message``: the
 exchange's bindings name the queue, the message's priority picks the
 priority step, and the message is marked redelivered.
+
+An ``unacked`` entry that is not a kombu envelope (:data:`ENVELOPE`) is moved
+to the quarantine with its ``unacked_index`` entry, and the other messages go
+back as usual; a queue or binding key of the wrong type holds back only the
+messages bound for it.
 """
 
 from __future__ import annotations
@@ -21,15 +26,25 @@ import logging
 from dataclasses import dataclass
 
 from resilience.keys import keys
+from resilience.quarantine import NULL, OBJECT, TEXT, Batch, Reply, Row, Shape, one_of
 from resilience.store import load_script
 
 log = logging.getLogger(__name__)
 
-__all__ = ["Candidate", "Restored", "restore", "queues_for", "priority_step"]
+__all__ = ["Candidate", "Restored", "restore", "queues_for", "priority_step", "MESSAGE", "ENVELOPE"]
 
 #: kombu's priority steps and its binding separator (kombu.transport.redis).
 _PRIORITY_STEPS = (0, 3, 6, 9)
 _BINDING_SEP = "\x06\x16"
+
+#: A kombu message as the Redis transport stores it: what a consumer needs of it to take it
+#: (kombu's ``Message`` reads ``properties["delivery_tag"]``), and what the platform reads.
+MESSAGE = Shape({"body": TEXT, "headers": OBJECT, "content-type": TEXT, "content-encoding": TEXT,
+                 "properties": Shape({"delivery_tag": TEXT, "delivery_info": OBJECT, "body_encoding": TEXT},
+                                     required=("delivery_tag",))},
+                required=("body", "headers", "properties"))
+#: An ``unacked`` entry: ``[message, exchange, routing key]``.
+ENVELOPE = Row((MESSAGE, one_of(TEXT, NULL), one_of(TEXT, NULL)))
 
 
 @dataclass(frozen=True)
@@ -57,26 +72,33 @@ class Restored:
 
 
 def restore(r, candidates: list[Candidate], transport_options: dict | None = None,
-            errors: list[str] | None = None) -> list[Restored]:
-    """Push each candidate back on its queue (two round trips for all); return those pushed."""
+            batch: Batch | None = None) -> list[Restored]:
+    """Push each candidate back on its queue (three round trips for all); return those pushed.
+
+    Bad ``unacked`` entries go to ``batch`` (flushed by its owner), or, without
+    one, to the quarantine before this returns.
+    """
     if not candidates:
         return []
+    own = batch is None
+    batch = batch if batch is not None else Batch("hand-over")
     k = keys()
-    unacked = k.kombu_unacked(transport_options)
-    stored = r.hmget(unacked, [c.tag for c in candidates])
+    unacked, index = k.kombu_unacked(transport_options), k.kombu_unacked_index(transport_options)
+    pipe = r.pipeline(transaction=False)
+    pipe.hmget(unacked, [c.tag for c in candidates])
+    (stored,) = batch.execute(pipe, [Reply(unacked, "hash", lambda: [None] * len(candidates))])
     planned = []
-    for candidate, raw in zip(candidates, stored):
+    for candidate, raw in zip(candidates, stored, strict=True):
         expected = raw if raw is not None else ""
-        envelope = _envelope(raw) if raw is not None else candidate.fallback
-        if raw is not None and envelope is None:
-            if errors is not None:
-                errors.append(f"unreadable unacked entry {candidate.tag}")
-            continue
+        if raw is None:
+            envelope = candidate.fallback  # None: acked, or put back by someone else, meanwhile
+        else:
+            envelope = batch.hash_value(unacked, candidate.tag, raw, ENVELOPE, companion=index)
         if envelope is None:
-            continue  # acked, or put back by someone else, meanwhile
+            continue
         payload, exchange, routing_key = envelope
         planned.append((candidate, expected, payload, exchange or "", routing_key or ""))
-    bindings = _bindings(r, {exchange for _, _, _, exchange, _ in planned if exchange})
+    bindings = _bindings(r, {exchange for _, _, _, exchange, _ in planned if exchange}, batch)
 
     script = load_script("unacked_restore")
     pipe = r.pipeline(transaction=False)
@@ -84,23 +106,18 @@ def restore(r, candidates: list[Candidate], transport_options: dict | None = Non
     for candidate, expected, payload, exchange, routing_key in planned:
         _mark_redelivered(payload)
         queue = queues_for(bindings, exchange, routing_key)[0]  # a task message has one queue
-        script(keys=[unacked, k.kombu_unacked_index(transport_options),
-                     k.kombu_queue(queue, priority_step(payload)), k.active, k.active_deadlines],
+        queue_key = k.kombu_queue(queue, priority_step(payload))
+        script(keys=[unacked, index, queue_key, k.active, k.active_deadlines],
                args=[candidate.tag, expected, json.dumps(payload), candidate.job_id, candidate.owner],
                client=pipe)
-        queued.append(Restored(candidate, queue, payload))
-    return [done for done, pushed in zip(queued, pipe.execute()) if pushed]
+        queued.append((Restored(candidate, queue, payload), Reply(queue_key, "list", 0)))
+    pushed = batch.execute(pipe, [read for _, read in queued]) if queued else []
+    if own:
+        batch.flush(r)
+    return [done for (done, _), ok in zip(queued, pushed, strict=True) if ok]
 
 
-def _envelope(raw: str) -> list | None:
-    try:
-        payload, exchange, routing_key = json.loads(raw)
-    except (ValueError, TypeError):
-        return None
-    return [payload, exchange, routing_key] if isinstance(payload, dict) else None
-
-
-def _bindings(r, exchanges: set[str]) -> dict[str, list[str]]:
+def _bindings(r, exchanges: set[str], batch: Batch) -> dict[str, list[str]]:
     if not exchanges:
         return {}
     k = keys()
@@ -108,7 +125,8 @@ def _bindings(r, exchanges: set[str]) -> dict[str, list[str]]:
     ordered = sorted(exchanges)
     for exchange in ordered:
         pipe.smembers(k.kombu_binding(exchange))
-    return dict(zip(ordered, pipe.execute()))
+    members = batch.execute(pipe, [Reply(k.kombu_binding(exchange), "set", set) for exchange in ordered])
+    return dict(zip(ordered, members, strict=True))
 
 
 def queues_for(bindings: dict, exchange: str, routing_key: str) -> list[str]:

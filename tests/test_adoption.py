@@ -252,7 +252,7 @@ def _processes_mentioning(text: str) -> list[str]:
 
 
 @pytest.mark.parametrize("command", [["status"], ["dlq", "list"], ["breakers"], ["errors"], ["sweep"],
-                                     ["health", "beat"]])
+                                     ["health", "beat"], ["quarantine"]])
 def test_read_only_commands_with_no_redis_say_so_in_one_line_and_leave_nothing_behind(tmp_path, command):
     empty = tmp_path / "empty"
     empty.mkdir()

@@ -104,7 +104,9 @@ def test_purge_by_id_and_of_malformed_entries(r):
     assert [e.job_id for e in deadletter.list_entries()] == ["c2"]
 
 
-def test_entries_older_than_the_retention_are_trimmed_and_unreadable_ones_kept(r):
+def test_entries_older_than_the_retention_are_trimmed_and_unreadable_ones_quarantined(r):
+    from resilience import quarantine
+
     now = deadletter.parse_time("2026-06-30T00:00:00Z")
     push(r, entry("old1", failed_at="2026-05-01T00:00:00Z"), "not json", entry("old2", failed_at="2026-05-20T10:00:00Z"),
          entry("new1", failed_at="2026-06-10T00:00:00Z"), entry("new2", failed_at="2026-06-29T00:00:00Z"))
@@ -112,7 +114,11 @@ def test_entries_older_than_the_retention_are_trimmed_and_unreadable_ones_kept(r
     result = deadletter.trim(now=now, ttl_days=30, batch=2)
 
     assert result == {"expired": 2, "capped": 0}
-    assert [e.job_id or "malformed" for e in deadletter.list_entries()] == ["new2", "new1", "malformed"]
+    assert [e.job_id for e in deadletter.list_entries()] == ["new2", "new1"]
+    # issue 15: the entry whose age cannot be read is kept for an operator in the quarantine
+    (kept,) = quarantine.entries()
+    assert (kept["source"], kept["raw"], kept["problem"], kept["found_by"]) == \
+        (keys().dead_letter, "not json", "not JSON", "dead-letter trim")
 
 
 def test_entries_beyond_the_cap_are_trimmed_oldest_first(r):
@@ -171,7 +177,7 @@ def test_replay_all_with_filters_and_dry_run(r):
     push(r, entry("p1", task="tests.a"), entry("p2", task="tests.b"))
 
     assert dlq("replay", "--all", "--task", "tests.b", "--dry-run") == {
-        "matched": ["p2"], "done": [], "gone": [], "refused": [], "dry_run": True}
+        "matched": ["p2"], "done": [], "gone": [], "refused": [], "reasons": {}, "dry_run": True}
     assert r.llen("celery") == 0
     assert dlq("replay", "--all", "--task", "tests.b")["done"] == ["p2"]
     assert r.llen("celery") == 1 and [e.job_id for e in deadletter.list_entries()] == ["p1"]

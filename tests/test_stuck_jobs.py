@@ -204,7 +204,7 @@ def test_a_message_a_live_worker_just_received_is_left_alone(app, r):
         r.zadd(keys().worker_heartbeats, {"live@test|b": now})
         r.hset(keys().worker_info, "live@test|b", json.dumps({"at": now, "tags": ["held"]}))
         for tag, delivered in (("held", now - 60), ("fresh", now + 0.1), ("orphan", now - 60)):
-            payload = {"body": "", "headers": {"id": tag, "task": "tests.add"}, "properties": {}}
+            payload = {"body": "", "headers": {"id": tag, "task": "tests.add"}, "properties": {"delivery_tag": tag}}
             r.hset("unacked", tag, json.dumps([payload, "celery", "celery"]))
             r.zadd("unacked_index", {tag: delivered})
         report = sweeper.sweep(app, now=now)

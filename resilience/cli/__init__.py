@@ -7,7 +7,9 @@ default the bundled app), as ``celery -A`` does; the same commands are
 ``celery -A proj resilience ...`` through Celery's ``celery.commands`` entry
 point. Failures are one line on stderr and a non-zero exit: 2 for
 configuration errors, 1 for everything else (Redis unreachable, no Redis
-running, a malformed record).
+running, a key of the wrong type, a malformed record). Data is shown as
+text, never as Rich markup, with control characters made visible
+(:mod:`resilience.display`).
 """
 
 from __future__ import annotations
@@ -32,11 +34,15 @@ class _CommandGroup(click.Group):
             _fail(ctx, f"error: {err}", 1)
         except (redis.ConnectionError, redis.TimeoutError) as err:
             _fail(ctx, f"error: Redis is unreachable: {err}", 1)
+        except redis.RedisError as err:  # WRONGTYPE and other refusals of a command
+            _fail(ctx, f"error: Redis refused a command: {err}", 1)
 
 
 def _fail(ctx: click.Context, message: str, status: int) -> None:
+    from resilience.display import visible
+
     lines = message.strip().splitlines()
-    click.echo(lines[0] if lines else "error", err=True)
+    click.echo(visible(lines[0]) if lines else "error", err=True)
     ctx.exit(status)
 
 
@@ -63,9 +69,9 @@ def celery_command(ctx: click.Context) -> None:
 
 
 def _register() -> None:
-    from resilience.cli import breakers, demo, dlq, down, errors, health, spool, status, sweep, up
+    from resilience.cli import breakers, demo, dlq, down, errors, health, quarantine, spool, status, sweep, up
 
-    for module in (up, down, demo, status, dlq, breakers, errors, sweep, health, spool):
+    for module in (up, down, demo, status, dlq, breakers, errors, sweep, health, spool, quarantine):
         main.add_command(module.command)
         celery_command.add_command(module.command)
 

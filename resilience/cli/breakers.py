@@ -11,15 +11,25 @@ import click
 def _iso(epoch: float | None) -> str | None:
     if epoch is None:
         return None
-    return datetime.fromtimestamp(float(epoch), UTC).isoformat(timespec="seconds")
+    try:
+        return datetime.fromtimestamp(float(epoch), UTC).isoformat(timespec="seconds")
+    except (OverflowError, OSError, ValueError):  # a time no calendar holds
+        return None
 
 
 def rows() -> list[dict]:
-    """One row per breaker: name, state, failures, opened_at (ISO 8601), time to half-open."""
+    """One row per breaker: name, state, failures, opened_at (ISO 8601), time to half-open.
+
+    A malformed record is a row with ``state: "malformed"`` and its ``problem``.
+    """
     from resilience import breaker
 
     result = []
     for name, record in breaker.status().items():
+        if record.get("malformed"):
+            result.append({"name": name, "state": "malformed", "problem": record.get("problem"),
+                           "raw": record.get("raw")})
+            continue
         result.append({
             "name": name,
             "state": record.get("state"),
@@ -52,13 +62,19 @@ def command(ctx: click.Context, as_json: bool) -> None:
     from rich.console import Console
     from rich.table import Table
 
+    from resilience.display import cell
+
     view = Table(title="Circuit breakers")
     for column in ("breaker", "state", "failures", "opened at (UTC)", "half-open in"):
         view.add_column(column)
     for row in table:
+        if row["state"] == "malformed":
+            view.add_row(cell(row["name"]), cell("malformed", style="red"), cell(row.get("problem"), limit=60),
+                         cell("-"), cell("-"))
+            continue
         due = row["half_open_in_sec"]
-        view.add_row(row["name"], row["state"], str(row["failures"]), row["opened_at"] or "-",
-                     f"{due:.1f}s" if due is not None else "-")
+        view.add_row(cell(row["name"]), cell(row["state"]), cell(row["failures"]), cell(row["opened_at"] or "-"),
+                     cell(f"{due:.1f}s" if due is not None else "-"))
     Console().print(view)
 
 
@@ -68,8 +84,10 @@ def command(ctx: click.Context, as_json: bool) -> None:
 def reset_command(name: str, as_json: bool) -> None:
     from resilience import breaker
 
+    from resilience.display import visible
+
     before = breaker.reset(name)
     if as_json:
         click.echo(json.dumps({"name": name, "previous_state": before, "state": "closed"}))
     else:
-        click.echo(f"circuit breaker {name}: {before} -> closed")
+        click.echo(visible(f"circuit breaker {name}: {before} -> closed"))

@@ -4,11 +4,13 @@
 ``celery -A proj resilience status`` (the ``celery.commands`` plugin) acts on
 the app Celery loaded. Either way the app becomes the one this process serves
 (:func:`resilience.runtime.bind`), so the platform's settings, key prefix and
-Redis are that app's. Read-only commands never start an embedded Redis.
+Redis are that app's. Read-only commands never start an embedded Redis and
+print none of the platform's log records unless logging is configured.
 """
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
 import click
@@ -39,11 +41,22 @@ def use_app(*, start_redis: bool = False) -> Any:
     if not start_redis:
         previous = embedded.forbid_autostart()
         ctx.call_on_close(lambda: embedded.forbid_autostart(previous))
+        _quiet_platform_logs(ctx)
     ref = ctx.find_object(AppRef)
     if ref is None:
         ref = AppRef()
         ctx.find_root().obj = ref
     return ref.load()
+
+
+def _quiet_platform_logs(ctx: click.Context) -> None:
+    """A read-only command's output is its report (and one line on stderr when it fails): the
+    platform's own log records reach only handlers someone configured, never Python's last-resort
+    printer on stderr."""
+    logger = logging.getLogger("resilience")
+    quiet = logging.NullHandler()
+    logger.addHandler(quiet)
+    ctx.call_on_close(lambda: logger.removeHandler(quiet))
 
 
 def app_spec() -> str:

@@ -2,7 +2,9 @@
 
 A thin layer over :mod:`resilience.deadletter`; every subcommand takes
 ``--json`` and then prints JSON only. Malformed entries are shown as such and
-never stop a command.
+never stop a command; entry data is shown as text (:mod:`resilience.display`).
+``dlq replay`` exits 1 when it refused an entry (its arguments were cut when
+it was stored, or its queue is not the app's).
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ import click
 
 from resilience import deadletter
 from resilience.cli.context import use_app
+from resilience.display import cell, visible
 
 
 def _filters(func):
@@ -66,11 +69,12 @@ def list_command(task, error_type, since, limit, offset, as_json) -> None:
         table.add_column(column)
     for e in entries:
         if e.malformed:
-            table.add_row(str(e.index), "-", "[red]malformed[/red]", e.problem or "", "", "", e.raw[:60])
+            table.add_row(cell(e.index), cell("-"), cell("malformed", style="red"), cell(e.problem or "", limit=60),
+                          cell(""), cell(""), cell(e.raw, limit=60))
             continue
         d = e.data
-        table.add_row(str(e.index), str(d["job_id"]), str(d["task"]), str(d["error_type"]), str(d["failed_at"]),
-                      str(d["retry_count"]), str(d["failure_reason"])[:80])
+        table.add_row(cell(e.index), cell(d["job_id"]), cell(d["task"]), cell(d["error_type"]),
+                      cell(d["failed_at"]), cell(d["retry_count"]), cell(d["failure_reason"], limit=80))
     Console().print(table)
 
 
@@ -89,9 +93,10 @@ def show_command(job_id, as_json) -> None:
     for name, value in entry.data.items():
         if name == "traceback":
             continue
-        click.echo(f"{name:>15}: {json.dumps(value, default=str) if isinstance(value, (dict, list)) else value}")
+        shown = json.dumps(value, default=str) if isinstance(value, (dict, list)) else value
+        click.echo(visible(f"{name:>15}: {shown}"))
     click.echo("      traceback:")
-    click.echo(entry.data.get("traceback") or "  (none)")
+    click.echo(visible(entry.data.get("traceback") or "  (none)", lines=True))
 
 
 def _selection(ids, all_, task, error_type, since, verb: str) -> None:
@@ -104,14 +109,18 @@ def _selection(ids, all_, task, error_type, since, verb: str) -> None:
 def _report(outcome: deadletter.Outcome, verb: str, as_json: bool) -> None:
     if as_json:
         _echo_json(outcome.to_json())
-        return
-    if outcome.dry_run:
-        click.echo(f"would {verb} {len(outcome.matched)} entries")
+    elif outcome.dry_run:
+        click.echo(f"would {verb} {len(outcome.matched) - len(outcome.refused)} entries")
         for job_id in outcome.matched:
-            click.echo(f"  {job_id}")
-        return
-    refused = f", {len(outcome.refused)} refused (arguments cut when stored)" if outcome.refused else ""
-    click.echo(f"{verb}: {len(outcome.done)} done, {len(outcome.gone)} already gone{refused}")
+            click.echo(visible(f"  {job_id}"))
+    else:
+        click.echo(f"{verb}: {len(outcome.done)} done, {len(outcome.gone)} already gone"
+                   + (f", {len(outcome.refused)} refused" if outcome.refused else ""))
+    if outcome.refused:
+        if not as_json:
+            for job_id in outcome.refused:
+                click.echo(visible(f"  refused {job_id}: {outcome.reasons.get(job_id, '')}"), err=True)
+        raise click.exceptions.Exit(1)
 
 
 @command.command(name="replay", help="Re-enqueue jobs as fresh attempts (same job id) and remove their entries.")
@@ -153,12 +162,12 @@ def stats_command(as_json) -> None:
     from rich.table import Table
 
     console = Console()
-    console.print(f"{result['total']} entries, {result['malformed']} malformed; "
-                  f"oldest {result['oldest_failed_at']}, newest {result['newest_failed_at']}")
+    console.print(cell(f"{result['total']} entries, {result['malformed']} malformed; "
+                       f"oldest {result['oldest_failed_at']}, newest {result['newest_failed_at']}"))
     for title, counts in (("By task", result["by_task"]), ("By error fingerprint", result["by_fingerprint"])):
         table = Table(title=title)
         table.add_column("name")
         table.add_column("count", justify="right")
         for name, n in counts.items():
-            table.add_row(name, str(n))
+            table.add_row(cell(name), cell(n))
         console.print(table)

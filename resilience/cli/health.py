@@ -12,6 +12,12 @@ import sys
 
 import click
 
+from resilience.display import visible
+from resilience.quarantine import TEXT, Shape, decode, describe
+
+#: A ``workers:health`` registration, as far as this probe reads it.
+_REGISTRATION = Shape({"url": TEXT}, required=("url",))
+
 
 @click.group(name="health", help="Health probes: beat, and every worker's /health.")
 def command() -> None:
@@ -43,7 +49,7 @@ def beat(as_json: bool) -> None:
     else:
         for name, result in report["checks"].items():
             mark = "ok  " if result["ok"] else "FAIL"
-            click.echo(f"{mark} {name}: {result.get('error') or result}")
+            click.echo(visible(f"{mark} {name}: {result.get('error') or result}"))
         click.echo(f"beat: {report['status']}")
     sys.exit(0 if report["status"] == "ok" else 1)
 
@@ -67,14 +73,17 @@ def workers(as_json: bool, timeout: float) -> None:
         return
     results = {}
     for worker, raw in sorted(registered.items()):
-        try:
-            url = json.loads(raw)["url"]
-        except (ValueError, KeyError, TypeError):
-            results[worker] = {"status": "malformed registration"}
+        registration, problem = decode(raw, _REGISTRATION)
+        if problem:
+            results[worker] = {"status": "malformed registration", "problem": problem}
             continue
+        url = registration["url"]
         try:
             response = httpx.get(f"{url}/health", timeout=timeout)
-            results[worker] = {"url": url, "code": response.status_code, **response.json()}
+            reply = response.json()
+            if not isinstance(reply, dict):
+                raise ValueError(f"/health replied with {describe(reply)}, not an object")
+            results[worker] = {"url": url, "code": response.status_code, **reply}
         except Exception as exc:  # unreachable worker: report, keep going
             results[worker] = {"url": url, "status": "unreachable", "error": f"{type(exc).__name__}: {exc}"}
     healthy = bool(results) and all(r.get("status") == "ok" for r in results.values())
@@ -84,6 +93,8 @@ def workers(as_json: bool, timeout: float) -> None:
         if not results:
             click.echo("no worker has registered a health server")
         for worker, result in results.items():
-            failed = ", ".join(result.get("failed") or []) or result.get("error", "")
-            click.echo(f"{result.get('status', '?'):10} {worker}  {result.get('url', '')}  {failed}")
+            failed = result.get("failed")
+            failed = ", ".join(map(str, failed)) if isinstance(failed, list) else str(failed or "")
+            detail = failed or result.get("error") or result.get("problem") or ""
+            click.echo(visible(f"{result.get('status', '?')!s:10} {worker}  {result.get('url', '')}  {detail}"))
     sys.exit(0 if healthy else 1)

@@ -14,6 +14,7 @@ import time
 import click
 
 from resilience.cli.context import use_app
+from resilience.display import visible
 
 
 @click.group(name="spool", invoke_without_command=True,
@@ -37,15 +38,20 @@ def list_command(as_json: bool, limit: int = 50) -> None:
     except RedisNotRunning:
         pass
     total = spool.count()
-    jobs = spool.oldest(limit) if total else []
+    jobs, bad = spool.read(limit) if total else ([], [])
     rows = [{"job_id": job.job_id, "task": job.task, "spooled_at": job.spooled_at,
              "age_sec": round(time.time() - job.spooled_at, 1)} for job in jobs]
+    # corrupt rows: the next flush moves them to the quarantine
+    unreadable = [{"row": row.field, "problem": row.problem} for row in bad]
     if as_json:
-        click.echo(json.dumps({"path": str(spool.spool_path()), "total": total, "jobs": rows}))
+        click.echo(json.dumps({"path": str(spool.spool_path()), "total": total, "jobs": rows,
+                               "unreadable": unreadable}))
         return
-    click.echo(f"{total} job(s) in {spool.spool_path()}")
+    click.echo(visible(f"{total} job(s) in {spool.spool_path()}"))
     for row in rows:
-        click.echo(f"  {row['job_id']}  {row['task']}  spooled {row['age_sec']:.0f}s ago")
+        click.echo(visible(f"  {row['job_id']}  {row['task']}  spooled {row['age_sec']:.0f}s ago"))
+    for row in unreadable:
+        click.echo(visible(f"  unreadable {row['row']}: {row['problem']} (quarantined by the next flush)"))
 
 
 @command.command(name="flush", help="Publish the spooled jobs now, oldest first, through the app (-A).")

@@ -11,7 +11,7 @@ local due = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', ARGV[1], 'LIMIT', 0, to
 local out = {}
 for _, member in ipairs(due) do
   redis.call('ZREM', KEYS[1], member)
-  local count = tonumber(redis.call('HGET', KEYS[2], member) or '0')
+  local count = tonumber(redis.call('HGET', KEYS[2], member) or '0') or 0  -- a count that is not a number: none
   local last = redis.call('HGET', KEYS[3], member)
   redis.call('HDEL', KEYS[2], member)
   redis.call('HDEL', KEYS[3], member)

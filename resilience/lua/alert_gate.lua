@@ -13,6 +13,6 @@ if redis.call('SET', KEYS[1], ARGV[2], 'NX', 'PX', ARGV[3]) then
   redis.call('ZADD', KEYS[2], tonumber(ARGV[2]) + tonumber(ARGV[3]), ARGV[1])
   return 1
 end
-redis.call('HINCRBY', KEYS[3], ARGV[1], 1)
+redis.pcall('HINCRBY', KEYS[3], ARGV[1], 1)  -- a count that is not a number must not stop the alert
 redis.call('HSET', KEYS[4], ARGV[1], ARGV[4])
 return 0

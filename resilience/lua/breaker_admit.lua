@@ -7,6 +7,8 @@ KEYS[1]  circuit_breakers:status  hash  name -> JSON {state, failures, opened_at
                                         half_open_at, trials, fail_max,
                                         reset_timeout_sec, changed_at}
 KEYS[2]  stats:breakers           hash  "<name>:<event>" -> count
+                                        (counted with redis.pcall: a count that is not
+                                        a number never stops the breaker)
 ARGV[1]  breaker name
 ARGV[2]  now (epoch seconds, float); "" means the server's clock
 ARGV[3]  fail_max
@@ -49,7 +51,7 @@ local failures = tonumber(rec.failures) or 0
 if rec.state == "open" then
   local due = (tonumber(rec.opened_at) or 0) + reset_timeout
   if now < due then
-    redis.call("HINCRBY", KEYS[2], name .. ":rejected", 1)
+    redis.pcall("HINCRBY", KEYS[2], name .. ":rejected", 1)
     return {"reject", "open", failures, tostring(due - now), ""}
   end
   rec.state = "half-open"
@@ -57,7 +59,7 @@ if rec.state == "open" then
   rec.trials = 1
   rec.changed_at = now
   save()
-  redis.call("HINCRBY", KEYS[2], name .. ":half_opened", 1)
+  redis.pcall("HINCRBY", KEYS[2], name .. ":half_opened", 1)
   return {"trial", "half-open", failures, "0", "half-open"}
 end
 
@@ -74,5 +76,5 @@ if trials < max_trials or now >= lease_end then
   save()
   return {"trial", "half-open", failures, "0", ""}
 end
-redis.call("HINCRBY", KEYS[2], name .. ":rejected", 1)
+redis.pcall("HINCRBY", KEYS[2], name .. ":rejected", 1)
 return {"reject", "half-open", failures, tostring(lease_end - now), ""}

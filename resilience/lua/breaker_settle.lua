@@ -7,6 +7,8 @@ open:      outcomes of calls admitted before it opened only add to the count.
 
 KEYS[1]  circuit_breakers:status  hash  name -> JSON record (see breaker_admit.lua)
 KEYS[2]  stats:breakers           hash  "<name>:<event>" -> count
+                                        (counted with redis.pcall: a count that is not
+                                        a number never stops the breaker)
 ARGV[1]  breaker name
 ARGV[2]  now (epoch seconds, float); "" means the server's clock
 ARGV[3]  outcome: "success" or "failure"
@@ -44,7 +46,7 @@ local function open()
   rec.trials = 0
   rec.changed_at = now
   transition = "open"
-  redis.call("HINCRBY", KEYS[2], name .. ":opened", 1)
+  redis.pcall("HINCRBY", KEYS[2], name .. ":opened", 1)
 end
 
 if failed then
@@ -55,7 +57,7 @@ if failed then
   elseif before == "half-open" then
     open()
   end
-  redis.call("HINCRBY", KEYS[2], name .. ":failures", 1)
+  redis.pcall("HINCRBY", KEYS[2], name .. ":failures", 1)
 else
   if before == "closed" then
     if failures == 0 and raw then
@@ -68,7 +70,7 @@ else
     rec.trials = 0
     rec.changed_at = now
     transition = "closed"
-    redis.call("HINCRBY", KEYS[2], name .. ":closed", 1)
+    redis.pcall("HINCRBY", KEYS[2], name .. ":closed", 1)
   else
     return {before, failures, "", before}
   end

@@ -3,14 +3,16 @@
 Entries are newest first, so the oldest are at the tail. This walks up to
 ARGV[2] entries from the tail, drops those failed before ARGV[1] and stops
 at the first younger one. Entries whose age cannot be read (not JSON, no
-failed_at) are kept, in their order, for an operator to inspect. Then the
-list is capped at ARGV[3] entries (the oldest beyond the cap go).
+failed_at) are kept, in their order, and returned: the caller moves them to
+the quarantine. Then the list is capped at ARGV[3] entries (the oldest
+beyond the cap go).
 
 KEYS[1]  jobs:dead_letter
 ARGV[1]  cutoff (epoch seconds): entries that failed before it are expired
 ARGV[2]  most entries to examine in this call
 ARGV[3]  most entries the list keeps
-Returns  {expired removed, removed by the cap, "1" if the walk stopped early at ARGV[2]}
+Returns  {expired removed, removed by the cap, "1" if the walk stopped early at ARGV[2],
+          the unreadable entries walked past ...}
 ]]
 local function epoch_of(iso)
   if type(iso) ~= "string" then return nil end
@@ -62,4 +64,8 @@ if len > cap then
   redis.call("LTRIM", KEYS[1], 0, cap - 1)
   capped = len - cap
 end
-return {expired, capped, more}
+local out = {expired, capped, more}
+for _, raw in ipairs(kept) do
+  table.insert(out, raw)
+end
+return out

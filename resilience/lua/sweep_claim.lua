@@ -18,17 +18,21 @@ ARGV[6]  now (epoch seconds)
 ARGV[7]  state TTL (seconds)
 ARGV[8]  "1" when the execution guard is on
 Returns  the claimed registry entry (JSON), or false when there was none to claim
+
+The deadlines are read and dropped with redis.pcall: a deadlines key of the
+wrong type (reported by the sweep) never stops a claim; without a readable
+deadline a job is never taken for stuck.
 ]]
 local raw = redis.call("HGET", KEYS[2], ARGV[1])
 if not raw then return false end
 local ok, entry = pcall(cjson.decode, raw)
 if ok and type(entry) == "table" and entry.worker ~= ARGV[2] then return false end
 if ARGV[3] ~= "+inf" then
-  local deadline = redis.call("ZSCORE", KEYS[3], ARGV[1])
-  if (not deadline) or tonumber(deadline) > tonumber(ARGV[3]) then return false end
+  local deadline = redis.pcall("ZSCORE", KEYS[3], ARGV[1])
+  if type(deadline) ~= "string" or tonumber(deadline) > tonumber(ARGV[3]) then return false end
 end
 redis.call("HDEL", KEYS[2], ARGV[1])
-redis.call("ZREM", KEYS[3], ARGV[1])
+redis.pcall("ZREM", KEYS[3], ARGV[1])
 if ARGV[8] == "1" and ARGV[4] ~= "" then
   local record = cjson.encode({s = ARGV[4], a = tonumber(ARGV[5]), w = ARGV[2], t = tonumber(ARGV[6])})
   redis.call("SET", KEYS[1], record, "EX", tonumber(ARGV[7]))

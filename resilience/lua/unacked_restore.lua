@@ -18,6 +18,9 @@ ARGV[3]  the payload to push (marked redelivered)
 ARGV[4]  job id whose registry entry goes with it ("" for none)
 ARGV[5]  worker id that entry must still name (the dead worker)
 Returns  1 if the message was pushed back, 0 if it was acked or restored meanwhile
+
+The index and registry bookkeeping (KEYS[2], KEYS[4], KEYS[5]) uses redis.pcall: a key of
+the wrong type (reported by the sweep) never holds a message back.
 ]]
 local current = redis.call("HGET", KEYS[1], ARGV[1])
 if (current or "") ~= ARGV[2] then
@@ -26,14 +29,14 @@ end
 -- kombu consumes with BRPOP from the right: RPUSH puts it first in line, as kombu's restore does
 redis.call("RPUSH", KEYS[3], ARGV[3])
 redis.call("HDEL", KEYS[1], ARGV[1])
-redis.call("ZREM", KEYS[2], ARGV[1])
+redis.pcall("ZREM", KEYS[2], ARGV[1])
 if ARGV[4] ~= "" then
-  local raw = redis.call("HGET", KEYS[4], ARGV[4])
-  if raw then
+  local raw = redis.pcall("HGET", KEYS[4], ARGV[4])
+  if type(raw) == "string" then
     local ok, entry = pcall(cjson.decode, raw)
     if (not ok) or type(entry) ~= "table" or entry.worker == ARGV[5] then
       redis.call("HDEL", KEYS[4], ARGV[4])
-      redis.call("ZREM", KEYS[5], ARGV[4])
+      redis.pcall("ZREM", KEYS[5], ARGV[4])
     end
   end
 end
