@@ -25,7 +25,8 @@ problem, found_by, at}``: the key it came from, the hash field, list index,
 sorted-set member or spool row it was, its text (at most
 :data:`MAX_RAW_CHARS` characters; ``raw_base64`` instead when it was not
 UTF-8), what was wrong with it, which part of the platform found it and when
-(ISO 8601 UTC). At most :data:`MAX_ENTRIES` records are kept, the oldest go
+(ISO 8601 UTC). Its text is redacted like every record the platform keeps
+(:mod:`resilience.redact`). At most :data:`MAX_ENTRIES` records are kept, the oldest go
 first, so the quarantine is bounded in bytes too (about 5 MB).
 
 Views (``resilience status``, ``dlq``, ``breakers``, ``errors``) move
@@ -52,6 +53,7 @@ import redis
 
 from resilience.keys import keys
 from resilience.store import get_redis, load_script
+from resilience.redact import redact_text
 
 __all__ = [
     "MAX_ENTRIES", "MAX_RAW_CHARS", "Kind", "Shape", "Row", "TEXT", "NUMBER", "INTEGER", "ARRAY", "OBJECT",
@@ -237,7 +239,8 @@ class Bad:
             return record
         raw = raw if isinstance(raw, str) else repr(raw)
         record.update(raw_length=len(raw), truncated=len(raw) > MAX_RAW_CHARS)
-        kept = raw[:MAX_RAW_CHARS]
+        # A bad record may hold a job's arguments: secrets are masked like in any record we keep.
+        kept = redact_text(raw[:MAX_RAW_CHARS], limit=None)
         text, problem = text_of(kept)
         if problem:
             record.update(raw=None, raw_base64=base64.b64encode(kept.encode("utf-8", "surrogateescape")).decode())

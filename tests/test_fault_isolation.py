@@ -105,6 +105,15 @@ def test_bad_registry_entries_are_quarantined_and_the_good_one_is_still_requeued
     assert sweeper.sweep(app).quarantined == 0  # moved once: the next sweep finds nothing bad
 
 
+def test_a_quarantined_record_keeps_no_secret(app, r):
+    k = keys()
+    r.hset(k.active, "leaky", '{"job_id": "leaky", "kwargs": {"password": "hunter2-q"}, "started_at": "soon"')
+    r.zadd(k.active_deadlines, {"leaky": OLD})
+    assert sweeper.sweep(app).quarantined == 1
+    (record,) = quarantine.entries()
+    assert "hunter2-q" not in json.dumps(record) and "password" in record["raw"]
+
+
 def test_a_bad_unacked_entry_is_quarantined_and_the_good_orphan_still_restored(app, r):
     _, envelope = captured(app, "orphan")
     message = json.loads(envelope)

@@ -25,19 +25,19 @@ pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("outage-chaos")]
 ROOT = Path(__file__).resolve().parent.parent
 
 
-BALLAST_KEYS = 160  # 10 MiB: far more than the workers can free by taking the queued jobs
+BALLAST_KEYS = 512  # 32 MiB: far more than the workers can free by taking the queued jobs
 
 
 def fill_up(client: redis.Redis) -> int:
-    """Make Redis full and keep it so: 10 MiB of ballast, then ``maxmemory`` 5 MiB below what it
-    uses under ``noeviction``. Draining the queues frees far less than that, so every write is
-    refused until the test frees memory. Returns the ballast keys written."""
+    """Make Redis full and keep it so: 32 MiB of ballast, then ``maxmemory`` 16 MiB below the
+    ballast alone, under ``noeviction``. Neither draining the queues nor Redis releasing its own
+    buffers frees that much, so every write is refused until the test frees memory. Returns the
+    ballast keys written."""
     blob = "x" * 64 * 1024
     for n in range(BALLAST_KEYS):
         client.set(f"ballast:{n}", blob)
     client.config_set("maxmemory-policy", "noeviction")
-    used = int(client.info("memory")["used_memory"])
-    client.config_set("maxmemory", str(used - 5 * 1024 * 1024))
+    client.config_set("maxmemory", str(16 * 1024 * 1024))
     with pytest.raises(redis.exceptions.OutOfMemoryError):
         client.set("probe", "refused")
     return BALLAST_KEYS
