@@ -82,8 +82,10 @@ def _capture_channel(app):
         _drop_capture()
         from kombu.utils.json import dumps
 
+        from resilience.outage import within_deadline
+
         conn = app.connection_for_write()
-        channel = conn.default_channel
+        channel = within_deadline(lambda: conn.default_channel)  # kombu's Redis channel pings on creation
         captured: list[tuple[str, str]] = []
 
         def _put(queue, message, **kwargs):
@@ -178,14 +180,16 @@ def schedule(task, args, kwargs, job_id: str, options: dict, fallback: Callable,
     k = keys()
     transport = dict(task.app.conf.broker_transport_options or {})
     properties = (getattr(request, "properties", None) or {}) if retry else {}
-    load_script("schedule")(
+    from resilience.outage import within_deadline
+
+    within_deadline(lambda: load_script("schedule")(
         keys=[k.scheduled, k.scheduled_payloads, k.job_state(job_id), k.active, k.active_deadlines,
               k.kombu_unacked(transport), k.kombu_unacked_index(transport)],
         args=[job_id, repr(due), json.dumps({"queue": queue_key, "message": envelope}), int(retry),
               owner_of(task) if retry else "", int(options.get("retries") or 0), repr(now),
               settings.idempotency_ttl_sec, int(settings.feature_idempotency),
               properties.get("delivery_tag") or ""],
-    )
+    ))
     return task.AsyncResult(job_id)
 
 

@@ -99,26 +99,29 @@ def submit(task, args, kwargs, *, task_id, producer, link, link_error, shadow,
             options["headers"] = headers
         from resilience import outage, scheduler
 
-        def plain(**overrides):  # overrides: the scheduler publishes through its own producer, undelayed
-            return publish(args, kwargs, task_id=job_id, producer=overrides.pop("producer", producer), link=link,
+        # overrides: the scheduler publishes through its own producer, undelayed
+        def plain(given=producer, **overrides):
+            return publish(args, kwargs, task_id=job_id, producer=overrides.pop("producer", given), link=link,
                            link_error=link_error, shadow=shadow, **{**options, **overrides})
 
         target = plain
         if scheduler.wants_delay(options):
             if resubmission:
-                # A retry or a deferral: it needs the running job's request (thread-local), so it
-                # is not moved to a bounded helper thread or spooled (kombu keeps its message meanwhile).
+                # A retry or a deferral: published from the running job, not spooled
+                # (kombu keeps its message meanwhile).
                 return scheduler.schedule(task, args, kwargs, job_id, options, fallback=plain)
 
-            def target():  # the durable delayed run, kept in Redis until due
-                return scheduler.schedule(task, args, kwargs, job_id, options, fallback=plain)
+            def target(bounded):  # the durable delayed run, kept in Redis until due
+                return scheduler.schedule(task, args, kwargs, job_id, options,
+                                          fallback=lambda **overrides: plain(bounded, **overrides))
         # What the spool keeps to publish it later: the options plus callbacks (signatures are JSON dicts).
         spooled = {**options, **{name: value for name, value in
                                  (("link", link), ("link_error", link_error), ("shadow", shadow)) if value}}
         if spooled.get("countdown") is not None:  # due relative to now, however late the spool is flushed
             due = datetime.now(timezone.utc) + timedelta(seconds=float(spooled.pop("countdown")))
             spooled["eta"] = due.isoformat()
-        return outage.publish_guarded(task, args, kwargs, job_id, spooled, target, unreachable=unreachable)
+        return outage.publish_guarded(task, args, kwargs, job_id, spooled, target, producer=producer,
+                                      unreachable=unreachable)
 
     if settings.feature_idempotency and not resubmission:
         from resilience import idempotency
