@@ -8,7 +8,7 @@
     │   └── UnknownTaskOption       a task declared with an option nobody reads
     ├── PermanentError              raised by a job: never retry, dead-letter now
     ├── SubmissionError             a job could not be submitted; nothing enqueued
-    │   ├── UnserializableArgument  an argument is not JSON (names it)
+    │   ├── UnserializableArgument  the serializer cannot encode an argument (names it)
     │   ├── PayloadTooLarge         the message exceeds the size limit
     │   ├── BrokerUnavailable       Redis unreachable and spooling is off
     │   └── SpoolFull               Redis unreachable and the local spool is full
@@ -64,12 +64,14 @@ class SubmissionError(ResilienceError):
 
 
 class UnserializableArgument(SubmissionError, TypeError):
-    """A job argument cannot be encoded as JSON."""
+    """A job argument cannot be encoded by the task's serializer (JSON by default)."""
 
-    def __init__(self, task: str, argument: str, detail: str) -> None:
+    def __init__(self, task: str, argument: str, detail: str, serializer: str = "json") -> None:
         self.task = task
         self.argument = argument
-        super().__init__(f"task {task!r}: argument {argument} is not JSON-serialisable ({detail})")
+        self.serializer = serializer
+        what = "JSON-serialisable" if serializer == "json" else f"encodable with the {serializer!r} serializer"
+        super().__init__(f"task {task!r}: argument {argument} is not {what} ({detail})")
 
 
 class PayloadTooLarge(SubmissionError, ValueError):

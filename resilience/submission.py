@@ -2,10 +2,14 @@
 
 ``ResilientTask.apply_async`` calls :func:`submit`. In order:
 
-1. the arguments must encode as JSON within ``MAX_PAYLOAD_BYTES``; otherwise
-   the caller gets :class:`~resilience.errors.UnserializableArgument` (naming
-   the argument) or :class:`~resilience.errors.PayloadTooLarge`, and nothing is
-   enqueued;
+1. a ``pydantic=True`` task's model arguments are dumped as Celery's
+   ``apply_async`` dumps them; then the arguments must be encodable by the
+   task's serializer (the app's ``task_serializer`` unless the task or the
+   call names another; for JSON, kombu's JSON with its registered types:
+   ``bytes``, ``datetime``, ``date``, ``time``, ``Decimal``, ``UUID``) within
+   ``MAX_PAYLOAD_BYTES``; otherwise the caller gets
+   :class:`~resilience.errors.UnserializableArgument` (naming the argument)
+   or :class:`~resilience.errors.PayloadTooLarge`, and nothing is enqueued;
 2. with an idempotency key (given, or derived for ``idempotent=True`` tasks)
    the key is claimed atomically; a duplicate returns the original job;
 3. the message is published (delayed runs are kept durably in Redis, and a
@@ -21,55 +25,83 @@ from datetime import datetime, timedelta, timezone
 from collections.abc import Callable
 from typing import Any
 
+from kombu import serialization
+from kombu.exceptions import SerializerNotInstalled
+from kombu.utils import json as kombu_json
+
 from resilience.errors import PayloadTooLarge, UnserializableArgument
 from resilience.settings import get_settings
 
-__all__ = ["submit", "validate_arguments", "canonical_json"]
+__all__ = ["submit", "validate_arguments", "canonical_json", "serializer_of"]
 
 
 def canonical_json(value: Any) -> str:
     """JSON that is the same for the same arguments, in any process or Python version.
 
-    What counts as the same (it is what the worker will receive, since
-    messages are JSON): mapping keys are sorted, so kwarg order does not
-    matter, and non-string keys become strings as JSON makes them
-    (``{1: "a"}`` equals ``{"1": "a"}``); tuples and lists are the same;
-    numbers are JSON numbers, so ``1`` and ``1.0`` differ, and so do ``1``
-    and ``True``; floats are written with Python's shortest round-trip repr;
-    text is escaped to ASCII (``\\u00e9``), so the bytes do not depend on the
-    locale, but Unicode is not normalised (NFC and NFD spellings differ);
-    NaN and infinities are rejected.
+    What counts as the same is what the worker receives, as kombu's JSON
+    delivers it: mapping keys are sorted, so kwarg order does not matter, and
+    non-string keys become strings as JSON makes them (``{1: "a"}`` equals
+    ``{"1": "a"}``); tuples and lists are the same; numbers are JSON numbers,
+    so ``1`` and ``1.0`` differ, and so do ``1`` and ``True``; floats are
+    written with Python's shortest round-trip repr; text is escaped to ASCII
+    (``\\u00e9``), so the bytes do not depend on the locale, but Unicode is
+    not normalised (NFC and NFD spellings differ); NaN and infinities are
+    rejected. The types kombu's JSON carries are written as kombu writes them,
+    ``{"__type__": T, "__value__": V}``: ``bytes`` as its UTF-8 text (T
+    ``bytes``) or, when it is not UTF-8, base64 (T ``base64``); ``datetime``,
+    ``date`` and ``time`` as ``isoformat()`` (so a naive and an aware time
+    differ, and so do two offsets for one instant); ``Decimal`` as ``str()``
+    (``Decimal("1.0")`` and ``Decimal("1.00")`` differ, as they do delivered);
+    ``UUID`` as ``{"hex": ...}``.
     """
+    dump = dict(cls=kombu_json.JSONEncoder, sort_keys=True, separators=(",", ":"), ensure_ascii=True,
+                allow_nan=False)
     try:
-        return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=True, allow_nan=False)
+        return json.dumps(value, **dump)
     except TypeError:
         # mixed key types (``{1: .., "a": ..}``) cannot be sorted: normalise them as JSON does first
-        plain = json.loads(json.dumps(value, allow_nan=False))
-        return json.dumps(plain, sort_keys=True, separators=(",", ":"), ensure_ascii=True, allow_nan=False)
+        plain = json.loads(json.dumps(value, cls=kombu_json.JSONEncoder, allow_nan=False))
+        return json.dumps(plain, **dump)
 
 
-def _check(task_name: str, label: str, value: Any) -> None:
+def serializer_of(task, options: dict[str, Any]) -> str:
+    """The serializer a submission is published with: call > task > ``task_serializer``."""
+    return options.get("serializer") or getattr(task, "serializer", None) or task.app.conf.task_serializer
+
+
+def _encode(value: Any, serializer: str) -> str | bytes:
+    if serializer == "json":
+        # kombu's JSON (with its registered types), minus NaN and infinities, which are not JSON
+        return kombu_json.dumps(value, allow_nan=False)
+    return serialization.dumps(value, serializer=serializer)[2]
+
+
+def _check(task_name: str, label: str, value: Any, serializer: str) -> None:
     try:
-        json.dumps(value, allow_nan=False)
-    except (TypeError, ValueError) as err:
-        raise UnserializableArgument(task_name, label, str(err)) from None
+        _encode(value, serializer)
+    except Exception as err:  # noqa: BLE001 - whatever the serializer raises, name the argument
+        detail = str(err.__cause__ or err) if err.__cause__ is not None else str(err)
+        raise UnserializableArgument(task_name, label, detail, serializer) from None
 
 
-def validate_arguments(task_name: str, args, kwargs) -> int:
-    """Raise naming the first argument that is not JSON; return the encoded size."""
+def validate_arguments(task_name: str, args, kwargs, serializer: str = "json") -> int:
+    """Raise naming the first argument ``serializer`` cannot encode; return the encoded size."""
     args = list(args or ())
     kwargs = dict(kwargs or {})
     try:
-        encoded = json.dumps([args, kwargs], allow_nan=False)
-    except (TypeError, ValueError):
+        encoded = _encode([args, kwargs], serializer)
+    except SerializerNotInstalled:
+        raise
+    except Exception:
         for index, value in enumerate(args):
-            _check(task_name, f"args[{index}]", value)
+            _check(task_name, f"args[{index}]", value, serializer)
         for name, value in kwargs.items():
             if not isinstance(name, str):
-                raise UnserializableArgument(task_name, f"kwargs key {name!r}", "keys must be strings") from None
-            _check(task_name, f"kwargs[{name!r}]", value)
+                raise UnserializableArgument(task_name, f"kwargs key {name!r}", "keys must be strings",
+                                             serializer) from None
+            _check(task_name, f"kwargs[{name!r}]", value, serializer)
         raise
-    size = len(encoded.encode())
+    size = len(encoded) if isinstance(encoded, bytes) else len(encoded.encode())
     limit = get_settings().max_payload_bytes
     if size > limit:
         raise PayloadTooLarge(f"task {task_name!r}: arguments are {size} bytes, over MAX_PAYLOAD_BYTES={limit}")
@@ -86,7 +118,10 @@ def submit(task, args, kwargs, *, task_id, producer, link, link_error, shadow,
     """Submit a job; returns its ``AsyncResult`` (the original one for a duplicate)."""
     settings = get_settings()
     idempotency_key = options.pop("idempotency_key", None)
-    validate_arguments(task.name, args, kwargs)
+    dump_models = getattr(task, "_dump_pydantic_arguments", None)
+    if dump_models is not None and options.get("serializer") != "pickle":
+        args, kwargs = dump_models(args, kwargs)  # as Celery's apply_async does: validate what is sent
+    validate_arguments(task.name, args, kwargs, serializer_of(task, options))
 
     resubmission = _is_resubmission_of_current(task, task_id)
     if resubmission and idempotency_key is None:
