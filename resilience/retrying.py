@@ -142,10 +142,10 @@ def skip(task, decision: executions.Decision):
 def defer(task, delay: float):
     """Re-publish the delivery behind ``task.request`` ``delay`` seconds later, as it is."""
     request = task.request
-    from resilience import scheduler
+    from resilience.submission import republishing
 
     signature = task.signature_from_request(request, countdown=delay, retries=request.retries or 0)
-    with scheduler.detached():  # the running job's records belong to the first run
+    with republishing("defer"):  # the same delivery later; the running job's records belong to the first run
         return signature.apply_async()
 
 

@@ -17,14 +17,13 @@ crash loses it. Here a delayed run never becomes a message until it is due:
   move each run once.
 
 A worker crash or restart while a run waits loses nothing, and a delay longer
-than the visibility timeout runs the job once. ``FEATURE_SMART_RETRY=false``
+than the visibility timeout runs the job once. The job sees its due time as
+``self.request.eta``, as it would from an ETA message. ``FEATURE_SMART_RETRY=false``
 gives Celery's ETA messages back.
 """
 
 from __future__ import annotations
 
-import contextlib
-import contextvars
 import json
 import logging
 import os
@@ -45,6 +44,10 @@ from resilience.platform_tasks import PROMOTE_DELAYED_RUNS, add_beat_entry
 __all__ = ["wants_delay", "schedule", "capture_message", "promote_due", "waiting", "PromoterStep", "install"]
 
 log = logging.getLogger(__name__)
+
+
+#: The header carrying a durable delayed run's due time (ISO 8601, UTC) to ``self.request.eta``.
+ETA_HEADER = "resilience_eta"
 
 
 def wants_delay(options: dict) -> bool:
@@ -133,22 +136,6 @@ def capture_message(app, send: Callable[[Any], Any]) -> tuple[str, str]:
     return captured[0]
 
 
-#: Set while a delivery re-publishes itself without ending the job's run (a
-#: duplicate deferred while the first run goes on): the run's record and
-#: registry entry belong to that other run and must not be touched.
-_detached: contextvars.ContextVar[bool] = contextvars.ContextVar("resilience_detached", default=False)
-
-
-@contextlib.contextmanager
-def detached():
-    """Re-publish the current delivery as a copy that leaves the running job's records alone."""
-    token = _detached.set(True)
-    try:
-        yield
-    finally:
-        _detached.reset(token)
-
-
 def schedule(task, args, kwargs, job_id: str, options: dict, fallback: Callable, *, now: float | None = None):
     """Keep a delayed run in Redis until due; returns the job's ``AsyncResult``.
 
@@ -159,7 +146,11 @@ def schedule(task, args, kwargs, job_id: str, options: dict, fallback: Callable,
     """
     settings = get_settings()
     request = task.request
-    retry = (not request.called_directly) and request.id == job_id and not _detached.get()
+    from resilience.submission import republish_of_current
+
+    # The running job's retry (or parking) closes its run in the same step; a deferred
+    # duplicate leaves the records of the run it waits for alone.
+    retry = republish_of_current(task, job_id) in {"retry", "park"}
     if not settings.feature_smart_retry or task.app.conf.task_always_eager:
         result = fallback()
         if retry:
@@ -171,8 +162,12 @@ def schedule(task, args, kwargs, job_id: str, options: dict, fallback: Callable,
     now = time.time() if now is None else now
     due = due_time(options, now)
 
+    # The run's due time travels in a header that the worker shows the job as ``self.request.eta``
+    # (resilience.request), as Celery's ETA message would, without holding the message until then.
+    headers = {**(options.get("headers") or {}), ETA_HEADER: datetime.fromtimestamp(due, timezone.utc).isoformat()}
+
     def send(producer):  # Celery's own publish (links, headers, routing), undelayed, into the capture
-        return fallback(producer=producer, countdown=None, eta=None, retry=False)
+        return fallback(producer=producer, countdown=None, eta=None, retry=False, headers=headers)
 
     queue_key, envelope = capture_message(task.app, send)
     from resilience.executions import owner_of

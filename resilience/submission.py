@@ -19,10 +19,12 @@
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import json
 import uuid
 from datetime import datetime, timedelta, timezone
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
 from kombu import serialization
@@ -32,7 +34,8 @@ from kombu.utils import json as kombu_json
 from resilience.errors import PayloadTooLarge, UnserializableArgument
 from resilience.settings import get_settings
 
-__all__ = ["submit", "validate_arguments", "canonical_json", "serializer_of"]
+__all__ = ["submit", "validate_arguments", "canonical_json", "serializer_of", "republishing",
+           "republish_of_current"]
 
 
 def canonical_json(value: Any) -> str:
@@ -108,9 +111,33 @@ def validate_arguments(task_name: str, args, kwargs, serializer: str = "json") -
     return size
 
 
-def _is_resubmission_of_current(task, task_id: str | None) -> bool:
-    """A retry (or a deferral) re-publishes the running job under its own id."""
-    return task_id is not None and not task.request.called_directly and task.request.id == task_id
+#: Set while the platform re-publishes the running job: ``"retry"`` (``Task.retry``, the
+#: next attempt), ``"defer"`` (a busy duplicate, as it is) or ``"park"`` (an open breaker).
+_republish: contextvars.ContextVar[str | None] = contextvars.ContextVar("resilience_republish", default=None)
+
+
+@contextlib.contextmanager
+def republishing(kind: str) -> Iterator[None]:
+    """Mark the running job's re-publish of itself inside the block as the platform's ``kind``.
+
+    Such a re-publish continues the same publish: it keeps the message's
+    publish token and idempotency key, claims no key and is not spooled. Any
+    other publish under the running job's id (``replace()``, ``task_id=``
+    given again by the job) is a new publish, as in Celery.
+    """
+    token = _republish.set(kind)
+    try:
+        yield
+    finally:
+        _republish.reset(token)
+
+
+def republish_of_current(task, task_id: str | None) -> str | None:
+    """The kind of platform re-publish of the running job this is, or None."""
+    kind = _republish.get()
+    if kind is None or task_id is None or task.request.called_directly or task.request.id != task_id:
+        return None
+    return kind
 
 
 def submit(task, args, kwargs, *, task_id, producer, link, link_error, shadow,
@@ -123,14 +150,26 @@ def submit(task, args, kwargs, *, task_id, producer, link, link_error, shadow,
         args, kwargs = dump_models(args, kwargs)  # as Celery's apply_async does: validate what is sent
     validate_arguments(task.name, args, kwargs, serializer_of(task, options))
 
-    resubmission = _is_resubmission_of_current(task, task_id)
+    resubmission = republish_of_current(task, task_id) is not None
     if resubmission and idempotency_key is None:
         idempotency_key = getattr(task.request, "idempotency_key", None)
+    publish_token = None
+    if settings.feature_idempotency:
+        from resilience.executions import new_publish_token, publish_token_of
+
+        # The execution guard tells deliveries of this publish from other publishes under the id.
+        publish_token = publish_token_of(task.request) if resubmission else new_publish_token()
 
     def send(job_id: str, key: str | None, unreachable: BaseException | None = None):
-        if key:
+        if key or publish_token:
+            from resilience.executions import PUBLISH_HEADER
+
             headers = dict(options.get("headers") or {})
-            headers["idempotency_key"] = key
+            headers.pop(PUBLISH_HEADER, None)
+            if key:
+                headers["idempotency_key"] = key
+            if publish_token:
+                headers[PUBLISH_HEADER] = publish_token
             options["headers"] = headers
         from resilience import outage, scheduler
 
