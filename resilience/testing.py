@@ -135,16 +135,17 @@ def in_process_worker(app, *, concurrency: int = 4, pool: str = "threads", hostn
 class SubprocessWorker:
     """A real ``celery -A tasks worker`` child process that a test can kill.
 
+    ``app`` names another app, as ``celery -A`` does (``proj.celery:app``).
     ``env`` is added to this process's environment (use :func:`settings_env`).
     Output goes to ``log_path``; :meth:`wait_ready` waits for Celery's "ready." line.
     """
 
     def __init__(self, log_dir: Path, *, name: str | None = None, concurrency: int = 1,
                  pool: str = "prefork", include: list[str] | None = None, env: Mapping[str, str] | None = None,
-                 extra_args: list[str] | None = None, cwd: str | None = None) -> None:
+                 extra_args: list[str] | None = None, cwd: str | None = None, app: str = "tasks") -> None:
         self.name = name or f"sub-{uuid.uuid4().hex[:6]}@test"
         self.log_path = Path(log_dir) / f"{self.name.replace('@', '_')}.log"
-        argv = [sys.executable, "-m", "celery", "-A", "tasks", "worker", "-n", self.name,
+        argv = [sys.executable, "-m", "celery", "-A", app, "worker", "-n", self.name,
                 "-c", str(concurrency), "-P", pool, "-l", "INFO", "--without-mingle", "--without-gossip"]
         for module in include or ():
             argv += ["-I", module]
