@@ -9,6 +9,7 @@ from __future__ import annotations
 import datetime as dt
 import gc
 import json
+import os
 import time
 import uuid
 from decimal import Decimal
@@ -17,7 +18,7 @@ import pytest
 from celery import Celery, chain, chord, group
 from celery.result import ResultSet
 
-from resilience import ResilientTask, install, scheduler
+from resilience import ResilientTask, install, runtime, scheduler
 from resilience.errors import UnserializableArgument
 from resilience.keys import keys
 from resilience.testing import SubprocessWorker, in_process_worker, wait_for
@@ -173,25 +174,28 @@ def test_a_countdown_on_a_canvas_member_is_honoured(worker):
 
 def test_install_recognises_a_new_app_that_reuses_a_dead_apps_id():
     """Issue 18: install() remembered apps by id(), and a new app at a dead one's address was skipped."""
+    served = runtime.bound_app()
     seen_ids = set()
-    for _ in range(50):
-        app = Celery("fresh", task_cls=ResilientTask, set_as_current=False)
-        install(app)
-        assert "resilience.sweep_stuck_jobs" in app.tasks
-        reused = id(app) in seen_ids
-        seen_ids.add(id(app))
-        del app
-        gc.collect()
-        if reused:
-            return
-    pytest.skip("no app address was reused in 50 tries")
+    try:
+        for _ in range(50):
+            app = Celery("fresh", task_cls=ResilientTask, set_as_current=False)
+            install(app)
+            assert "resilience.sweep_stuck_jobs" in app.tasks
+            reused = id(app) in seen_ids
+            seen_ids.add(id(app))
+            del app
+            gc.collect()
+            if reused:
+                return
+        pytest.skip("no app address was reused in 50 tries")
+    finally:
+        runtime.bind(served)  # this process goes on serving the bundled app
 
 
 def test_a_dead_letter_leaves_the_worker_on_its_own_app(r, log_dir):
     """Issue 18: dead-lettering imported the bundled app in the worker, which made itself current_app."""
-    from tests.semantics_app import URL
-
-    client = Celery("client", broker=URL, backend=URL, set_as_current=False)
+    url = os.environ["REDIS_URL"].rsplit("/", 1)[0] + "/1"  # tests.semantics_app's (not imported here)
+    client = Celery("client", broker=url, backend=url, set_as_current=False)
     with SubprocessWorker(log_dir, app="tests.semantics_app"):
         failed = client.send_task("semantics.fail")
         wait_for(lambda: dead_lettered(r, failed.id), 60, message="the dead letter")
