@@ -23,7 +23,8 @@
 
 A publish that timed out may still complete later on its helper thread; the
 job is then published twice under one job id (the same publish, with the same
-publish token) and the execution guard runs its body once. With ``FEATURE_ENHANCED_REDIS=false`` this module is a pass-through.
+publish token) and the execution guard runs its body once. With
+``FEATURE_ENHANCED_REDIS=false`` this module is a pass-through.
 """
 
 from __future__ import annotations
@@ -45,7 +46,8 @@ from resilience.settings import Settings, get_settings
 
 log = logging.getLogger(__name__)
 
-__all__ = ["publish_guarded", "call_bounded", "within_deadline", "BoundedProducer", "Flusher", "flusher", "install"]
+__all__ = ["publish_guarded", "call_bounded", "within_deadline", "BoundedProducer", "Flusher", "flusher",
+           "install"]
 
 _executor_lock = threading.Lock()
 _executor: concurrent.futures.ThreadPoolExecutor | None = None

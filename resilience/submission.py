@@ -83,7 +83,7 @@ def _check(task_name: str, label: str, value: Any, serializer: str) -> None:
     try:
         _encode(value, serializer)
     except Exception as err:  # noqa: BLE001 - whatever the serializer raises, name the argument
-        detail = str(err.__cause__ or err) if err.__cause__ is not None else str(err)
+        detail = str(err.__cause__ or err)  # kombu wraps the serializer's own error
         raise UnserializableArgument(task_name, label, detail, serializer) from None
 
 
