@@ -7,6 +7,7 @@
     │   ├── SettingsError           a malformed environment variable (names it)
     │   └── UnknownTaskOption       a task declared with an option nobody reads
     ├── PermanentError              raised by a job: never retry, dead-letter now
+    │   └── PoisonJob               the job's deliveries kept killing their worker
     ├── SubmissionError             a job could not be submitted; nothing enqueued
     │   ├── UnserializableArgument  the serializer cannot encode an argument (names it)
     │   ├── PayloadTooLarge         the message exceeds the size limit
@@ -57,6 +58,15 @@ class UnknownTaskOption(ConfigurationError, TypeError):
 
 class PermanentError(ResilienceError):
     """Raised by a job to say retrying cannot help; the job is dead-lettered at once."""
+
+
+class PoisonJob(PermanentError):
+    """The job's deliveries kept killing their pool process; it was dead-lettered without a run.
+
+    Raised in the delivery that finds it out, so Celery stores the job's
+    FAILURE and calls its ``link_error`` callbacks, as for any job that failed
+    for good.
+    """
 
 
 class SubmissionError(ResilienceError):
