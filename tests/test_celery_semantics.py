@@ -18,7 +18,7 @@ import pytest
 from celery import Celery, chain, chord, group
 from celery.result import ResultSet
 
-from resilience import ResilientTask, install, runtime, scheduler
+from resilience import ResilientTask, idempotency, install, runtime, scheduler
 from resilience.errors import UnserializableArgument
 from resilience.keys import keys
 from resilience.testing import SubprocessWorker, in_process_worker, wait_for
@@ -105,6 +105,20 @@ def test_the_same_publish_delivered_twice_runs_once(app, r):
         wait_for(lambda: r.llen(app.conf.task_default_queue) + r.hlen("unacked") == 0, 30,
                  message="both deliveries to be handled")
     assert runs(result.id) == 1
+
+
+def test_an_earlier_publish_delivered_after_a_newer_one_ran_is_stale(app, r):
+    signature = jobs.add.s(3, 3)
+    signature.freeze()
+    first = signature.apply_async()
+    [first_message] = r.lrange(app.conf.task_default_queue, 0, -1)
+    with in_process_worker(app):
+        assert first.get(timeout=30) == 6
+        signature.apply_async()
+        wait_for(lambda: runs(first.id) == 2, 30, message="the newer publish to run")
+        r.lpush(app.conf.task_default_queue, first_message)  # a late redelivery of the first publish
+        wait_for(lambda: idempotency.counters()["skipped_stale"] == 1, 30, message="the late delivery to be skipped")
+    assert runs(first.id) == 2
 
 
 def test_a_chord_runs_its_body_and_stores_its_result(worker):
