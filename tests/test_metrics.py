@@ -135,6 +135,9 @@ def test_counts_of_a_killed_pool_process_stay_counted(app, log_dir, r):
         url = worker_health_url(r, worker)
         for n in range(4):
             add.delay(n, n).get(timeout=60)
+        # The result is stored before the pool process counts the job: kill it once all four are counted.
+        wait_for(lambda: value(scrape(url), "resilience_jobs_succeeded_total", task="tests.add") >= 4,
+                 timeout=30, message="four successes to be counted")
         before = worker.pool_pids()
         for pid in before:
             os.kill(pid, signal.SIGKILL)  # the pool replaces them
