@@ -31,7 +31,7 @@ bench: $(STAMP)
 	$(BIN)/python -m benchmarks
 
 # Celery's own integration tests (test_tasks.py, test_canvas.py; downloaded at run time)
-# on a plain app and on the platform, side by side. About 15 minutes; not part of `make test`.
+# on a plain app and on the platform, side by side. 20-30 minutes a run; not part of `make test`.
 $(VENV)/.compat-installed: $(STAMP)
 	$(BIN)/python -m pip install --quiet -e '.[test,compat]'
 	@touch $@
