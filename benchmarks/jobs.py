@@ -1,47 +1,64 @@
-"""The benchmark's job, joined to the worker with ``-I benchmarks.jobs``.
+"""The benchmark's job, the same in every configuration: ``-I benchmarks.jobs``.
 
 A no-op that increments a Redis counter, so that what a run measures is the
 cost of getting a job from ``delay()`` to done, not the job's own work. The
 job that brings the counter to the phase's total pushes a "done" marker, so
 the producer waits with one blocking pop instead of polling (polling would
 add commands to the counts being measured).
+
+It is a ``shared_task``: it joins whichever app imports it, the platform's
+(``tasks``, where it is a ``ResilientTask``) or plain Celery's
+(``benchmarks.plain_app``). It imports nothing of this project and talks to
+Redis with a plain redis-py client of its own (one per process, from
+``REDIS_URL``), so its own work is identical in every configuration.
 """
 
 from __future__ import annotations
 
+import os
 import time
 
-from resilience.keys import keys
-from resilience.store import get_redis
-from tasks.app import app
+import redis
+from celery import shared_task
 
-__all__ = ["noop", "counter_key", "done_key", "latency_key"]
+__all__ = ["noop", "counter_key", "done_key", "latency_key", "client"]
+
+_client: tuple[int, redis.Redis] | None = None
+
+
+def client() -> redis.Redis:
+    """This process's client (made again after a fork)."""
+    global _client
+    if _client is None or _client[0] != os.getpid():
+        # 30 s like the platform's clients in the suite: a stalled shared machine makes a slow run, not a failed one
+        _client = (os.getpid(), redis.Redis.from_url(os.environ["REDIS_URL"], decode_responses=True, socket_timeout=30))
+    return _client[1]
 
 
 def counter_key(phase: str) -> str:
-    return keys().custom(f"bench:count:{phase}")
+    return f"bench:count:{phase}"
 
 
 def done_key(phase: str) -> str:
-    return keys().custom(f"bench:done:{phase}")
+    return f"bench:done:{phase}"
 
 
 def latency_key(phase: str) -> str:
-    return keys().custom(f"bench:latency:{phase}")
+    return f"bench:latency:{phase}"
 
 
-@app.task(bind=True, name="bench.noop")
-def noop(self, phase: str, submitted_at: float, total: int) -> None:
+@shared_task(name="bench.noop")
+def noop(phase: str, submitted_at: float, total: int) -> None:
     """Count this run (one round trip); with ``submitted_at``, also record the
     seconds from submit to start in the same round trip."""
     started = time.time()
-    client = get_redis()
+    r = client()
     if submitted_at:
-        pipe = client.pipeline(transaction=False)
+        pipe = r.pipeline(transaction=False)
         pipe.incr(counter_key(phase))
         pipe.rpush(latency_key(phase), repr(started - submitted_at))
         count = pipe.execute()[0]
     else:
-        count = client.incr(counter_key(phase))
+        count = r.incr(counter_key(phase))
     if count == total:
-        client.rpush(done_key(phase), "1")
+        r.rpush(done_key(phase), "1")

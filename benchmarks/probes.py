@@ -11,7 +11,10 @@ takes more than one read; the benchmark's messages are far smaller.)
 
 CPU time comes from ``/proc/<pid>/stat`` (utime + stime) of a process and its
 live children, plus the children it already reaped (cutime + cstime), so a
-pool process replaced during the window is not lost.
+pool process replaced during the window is not lost. Memory is the resident
+set (``VmRSS`` of ``/proc/<pid>/status``) of a process and its live children,
+added up: pages a pool process still shares with its parent after the fork
+count in both, alike for every configuration.
 """
 
 from __future__ import annotations
@@ -20,7 +23,7 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
-__all__ = ["Snapshot", "snapshot", "delta", "cpu_seconds", "process_tree"]
+__all__ = ["Snapshot", "snapshot", "delta", "cpu_seconds", "process_tree", "rss_bytes"]
 
 #: Commands the measuring itself issues; left out of the per-job figures.
 MEASUREMENT_COMMANDS = frozenset({"info", "config|resetstat", "blpop"})
@@ -58,6 +61,21 @@ def cpu_seconds(pid: int) -> float:
         if index == 0:
             total += int(fields[13]) + int(fields[14])
     return total / _TICKS
+
+
+def rss_bytes(pid: int) -> int:
+    """Resident memory of ``pid`` and its live children, added up."""
+    total = 0
+    for member in process_tree(pid):
+        try:
+            status = Path(f"/proc/{member}/status").read_text()
+        except OSError:
+            continue
+        for line in status.splitlines():
+            if line.startswith("VmRSS:"):
+                total += int(line.split()[1]) * 1024  # kB
+                break
+    return total
 
 
 @dataclass

@@ -1,9 +1,12 @@
 """One measured run, from the submitting side: ``python -m benchmarks.producer``.
 
 The suite starts this in a fresh process for every run, with the run's
-feature flags in its environment, so the submit path is configured exactly
-as a user's process with those flags would be (installers read the flags at
-import). It prints one JSON object on stdout.
+environment (feature flags, or plain Celery's settings), so the submit path is
+configured exactly as a user's process would be (installers read the flags at
+import). ``--app`` names the app module to import before the job: ``tasks``
+(the platform) or ``benchmarks.plain_app`` (plain Celery). The measuring
+itself uses a plain redis-py client, the same in every configuration. It
+prints one JSON object on stdout.
 
 Modes:
 
@@ -12,7 +15,8 @@ Modes:
   caller can, wait until the last is done) measured with Redis counters and
   the CPU of the worker and Redis, then the latency phase (``--latency-jobs``
   jobs submitted at a steady ``--rate`` well below capacity, each recording
-  the seconds from submit to the start of its body).
+  the seconds from submit to the start of its body). Last, the resident
+  memory of the worker's main and pool processes.
 * ``submit``: no worker runs. Counts what ``delay()`` alone costs in Redis,
   with an explicit idempotency key per call when ``--idempotency-key`` is set.
 """
@@ -20,7 +24,9 @@ Modes:
 from __future__ import annotations
 
 import argparse
+import importlib
 import json
+import os
 import sys
 import time
 import traceback
@@ -36,17 +42,21 @@ def _wait_done(client, phase: str, timeout: float) -> None:
         raise SystemExit(f"benchmark phase {phase!r}: jobs not done within {timeout}s")
 
 
-def run_phase(args) -> dict:
+def _clients():
+    """The measuring client, and one of its own for the blocking wait (redis-py's default
+    socket timeout, 5 s, would cut a wait for a slow run short)."""
     import redis
 
-    from benchmarks.jobs import latency_key, noop
-    from benchmarks.probes import delta, snapshot
-    from resilience.store import get_redis, redis_url
+    url = os.environ["REDIS_URL"]
+    return (redis.Redis.from_url(url, decode_responses=True, socket_timeout=60),
+            redis.Redis.from_url(url, decode_responses=True, socket_timeout=WAIT_TIMEOUT_SEC + 30))
 
-    client = get_redis()
-    # a client of its own for the blocking wait, so the platform client's
-    # socket timeout does not cut it short
-    waiter = redis.Redis.from_url(redis_url(), decode_responses=True)
+
+def run_phase(args) -> dict:
+    from benchmarks.jobs import latency_key, noop
+    from benchmarks.probes import delta, rss_bytes, snapshot
+
+    client, waiter = _clients()
     pids = {"worker": args.worker_pid, "redis": args.redis_pid}
 
     warm, tput, lat = (f"{phase}-{args.run_id}" for phase in ("warm", "tput", "lat"))
@@ -82,18 +92,20 @@ def run_phase(args) -> dict:
         "round_trips": window.reads,
         "cpu_sec": window.cpu,
         "latencies_sec": latencies,
+        "rss_bytes": rss_bytes(args.worker_pid) if args.worker_pid else 0,
     }
 
 
 def submit_phase(args) -> dict:
     from benchmarks.jobs import noop
     from benchmarks.probes import delta, snapshot
-    from resilience.store import get_redis
 
-    client = get_redis()
+    client, _ = _clients()
     for _ in range(args.warmup):  # connections made, scripts loaded
-        noop.apply_async(("warm", 0.0, 0), idempotency_key=f"warm-{uuid.uuid4().hex}"
-                         if args.idempotency_key else None)
+        if args.idempotency_key:
+            noop.apply_async(("warm", 0.0, 0), idempotency_key=f"warm-{uuid.uuid4().hex}")
+        else:
+            noop.delay("warm", 0.0, 0)
     before = snapshot(client, {})
     for i in range(args.jobs):
         if args.idempotency_key:
@@ -115,9 +127,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--redis-pid", type=int, default=0)
     parser.add_argument("--idempotency-key", action="store_true")
     parser.add_argument("--run-id", default="0", help="names this run's counters (the worker outlives runs)")
+    parser.add_argument("--app", default="tasks", help="the app module: tasks (the platform) or benchmarks.plain_app")
     args = parser.parse_args(argv)
 
-    import benchmarks.jobs  # noqa: F401 - imports the app and registers the job
+    importlib.import_module(args.app)  # the app first: the shared job joins it
+    import benchmarks.jobs  # noqa: F401
 
     try:
         result = run_phase(args) if args.mode == "run" else submit_phase(args)

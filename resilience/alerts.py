@@ -14,9 +14,13 @@ is dropped with a warning). A daemon sender thread (one per process, started
 lazily and again after fork) builds and redacts the payload, decides with one
 Lua call (``lua/alert_gate.lua``:
 ``SET NX PX`` on ``alerts:window:<rule>:<subject>``, else a counter of
-suppressed repeats), logs what it sends and POSTs ``ALERT_WEBHOOK_URL`` with a timeout
-(``ALERT_WEBHOOK_TIMEOUT_SEC``) and bounded retries with capped exponential
-backoff (``ALERT_WEBHOOK_RETRIES``). When a window ends, whichever process
+suppressed repeats), logs what it sends and POSTs ``ALERT_WEBHOOK_URL`` (:func:`post`):
+each attempt is cut off ``ALERT_WEBHOOK_TIMEOUT_SEC`` after it starts, however
+slowly the receiver trickles its reply; failed attempts are retried
+(``ALERT_WEBHOOK_RETRIES``, capped exponential backoff) while the whole
+delivery stays within ``ALERT_WEBHOOK_DEADLINE_SEC``. Only a 2xx reply counts as
+delivered; redirects are not followed, and a 3xx or 4xx reply is not retried
+(408 and 429 are, like 5xx). When a window ends, whichever process
 claims it first (``lua/alert_due.lua``: the sender threads that saw it, and the
 beat task ``resilience.alerts.evaluate``) sends one summary carrying the count
 of suppressed repeats. If Redis itself is unreachable the window is kept per
@@ -28,8 +32,17 @@ Payload (DESIGN.md)::
      "context": {..., "rule": ..., "subject": ...}, "timestamp": <ISO 8601 UTC>,
      "environment": RESILIENCE_ENVIRONMENT}
 
-with header ``X-Resilience-Signature: sha256=<hex HMAC-SHA256 of the exact body
-with ALERT_WEBHOOK_SECRET>`` (:func:`sign`, :func:`verify`). A summary has
+with, when ``ALERT_WEBHOOK_SECRET`` is set, three headers (:func:`signature_headers`)::
+
+    X-Resilience-Signature: sha256=<hex HMAC-SHA256 of the exact body>             (DESIGN.md)
+    X-Resilience-Timestamp: <unix seconds when the attempt was signed>
+    X-Resilience-Signature-Timestamped: sha256=<hex HMAC-SHA256 of b"<timestamp>." + body>
+
+The first is the contract's and stays for existing receivers (:func:`sign`,
+:func:`verify`); it cannot tell a replayed alert from a fresh one. The
+timestamped one can: :func:`verify_request` accepts it only while the
+timestamp is within ``tolerance_sec`` (:data:`DEFAULT_TOLERANCE_SEC`, 300 s)
+of the receiver's clock, either way. Each attempt is signed afresh. A summary has
 ``context.summary = true`` and ``context.suppressed = <repeats>``. The context
 is redacted before it is queued.
 """
@@ -42,54 +55,127 @@ import json
 import logging
 import os
 import queue
+import re
 import socket
 import threading
 import time
+from collections.abc import Mapping
 from datetime import UTC, datetime
 from typing import Any
 from urllib.parse import urlsplit
 
 from resilience.backoff import ExponentialBackoff
 from resilience.keys import keys
-from resilience.redact import redact, redact_text
+from resilience.redact import redact_bounded, redact_text
 from resilience.settings import Settings, get_settings
 from resilience.store import load_script
 from resilience.platform_tasks import EVALUATE_ALERTS, add_beat_entry
 
 __all__ = [
-    "LEVELS", "SIGNATURE_HEADER", "alert", "build_payload", "check_webhook", "flush", "post", "send_due_summaries",
-    "sign", "verify",
+    "DEFAULT_TOLERANCE_SEC", "LEVELS", "SIGNATURE_HEADER", "TIMESTAMPED_SIGNATURE_HEADER", "TIMESTAMP_HEADER", "alert",
+    "build_payload", "check_webhook", "flush", "post", "send_due_summaries", "sign", "sign_timestamped",
+    "signature_headers", "verify", "verify_request",
 ]
 
 log = logging.getLogger(__name__)
 
 LEVELS = ("critical", "warning", "info")
+#: HMAC-SHA256 of the body alone (DESIGN.md); kept for existing receivers.
 SIGNATURE_HEADER = "X-Resilience-Signature"
+#: Unix seconds (an integer) when the attempt was signed.
+TIMESTAMP_HEADER = "X-Resilience-Timestamp"
+#: HMAC-SHA256 of ``b"<timestamp>." + body``: what :func:`verify_request` checks.
+TIMESTAMPED_SIGNATURE_HEADER = "X-Resilience-Signature-Timestamped"
+#: How far a timestamp may be from the receiver's clock (either way) by default.
+DEFAULT_TOLERANCE_SEC = 300
+_TIMESTAMP_RE = re.compile(r"[0-9]{1,15}")
 _SEP = "\x1f"
 _SUMMARY_POLL_SEC = 0.5
 
+#: What an alert body keeps at most, in bytes of JSON per field (a longer value is
+#: cut with a marker), so a body, and its copy in ``alerts:last``, stays under 13 KiB.
+MAX_TITLE_BYTES = 512
+MAX_MESSAGE_BYTES = 4 * 1024
+MAX_CONTEXT_BYTES = 8 * 1024
+
 
 def sign(body: bytes, secret: str) -> str:
-    """The signature header value of ``body``: ``sha256=<hex HMAC-SHA256>``."""
+    """The ``X-Resilience-Signature`` value of ``body``: ``sha256=<hex HMAC-SHA256>``."""
     return "sha256=" + hmac.new(secret.encode(), body, hashlib.sha256).hexdigest()
 
 
+def sign_timestamped(body: bytes, secret: str, timestamp: int) -> str:
+    """The ``X-Resilience-Signature-Timestamped`` value: HMAC-SHA256 of ``b"<timestamp>." + body``."""
+    return "sha256=" + hmac.new(secret.encode(), f"{int(timestamp)}.".encode() + body, hashlib.sha256).hexdigest()
+
+
+def signature_headers(body: bytes, secret: str, *, now: float | None = None) -> dict[str, str]:
+    """The three signature headers of one attempt to send ``body``, signed at ``now`` (default: the clock)."""
+    timestamp = int(time.time() if now is None else now)
+    return {SIGNATURE_HEADER: sign(body, secret), TIMESTAMP_HEADER: str(timestamp),
+            TIMESTAMPED_SIGNATURE_HEADER: sign_timestamped(body, secret, timestamp)}
+
+
+def _same(expected: str, given: str) -> bool:
+    """Constant-time equality; ``given`` may hold any text (it came from the network)."""
+    return hmac.compare_digest(expected.encode(), given.encode("utf-8", "replace"))
+
+
 def verify(body: bytes, header: str | None, secret: str) -> bool:
-    """Whether ``header`` is the signature of ``body`` (constant-time comparison)."""
-    return bool(header) and hmac.compare_digest(sign(body, secret), header)
+    """Whether ``header`` is the ``X-Resilience-Signature`` of ``body`` (constant-time comparison).
+
+    It proves who sent the body, not when: prefer :func:`verify_request`, which
+    also refuses a replayed alert.
+    """
+    return bool(header) and _same(sign(body, secret), header)
+
+
+def _header(headers: Mapping[str, str], name: str) -> str | None:
+    value = headers.get(name)  # case-insensitive already in http.server, httpx, requests, Werkzeug, Starlette
+    if value is None:
+        wanted = name.lower()
+        value = next((v for k, v in headers.items() if str(k).lower() == wanted), None)
+    return value
+
+
+def verify_request(body: bytes, headers: Mapping[str, str], secret: str, *,
+                   tolerance_sec: float = DEFAULT_TOLERANCE_SEC, now: float | None = None) -> bool:
+    """Whether a received alert is authentic and fresh: the receiver's check.
+
+    ``body`` is the raw request body (before any JSON parsing), ``headers`` the
+    request's headers (any mapping; names are matched without regard to case).
+    True when ``X-Resilience-Timestamp`` is an integer within ``tolerance_sec``
+    of ``now`` (default: the clock), either way, and
+    ``X-Resilience-Signature-Timestamped`` is the HMAC-SHA256 of
+    ``b"<timestamp>." + body`` with ``secret`` (constant-time comparison).
+    A stale or future timestamp (a replay, or a clock far off) is refused. Within
+    the tolerance a captured request still verifies: a receiver that must act
+    once per alert also remembers the signatures it saw for ``tolerance_sec``.
+    """
+    if not tolerance_sec >= 0:
+        raise ValueError(f"tolerance_sec must be a number of seconds >= 0, not {tolerance_sec!r}")
+    timestamp = _header(headers, TIMESTAMP_HEADER)
+    signature = _header(headers, TIMESTAMPED_SIGNATURE_HEADER)
+    if not timestamp or not signature or not _TIMESTAMP_RE.fullmatch(timestamp.strip()):
+        return False
+    signed_at = int(timestamp.strip())
+    now = time.time() if now is None else now
+    if abs(now - signed_at) > tolerance_sec:
+        return False
+    return _same(sign_timestamped(body, secret, signed_at), signature.strip())
 
 
 def build_payload(*, level: str, title: str, message: str, component: str, context: dict[str, Any] | None,
                   now: float | None = None, settings: Settings | None = None) -> dict[str, Any]:
-    """The alert's JSON body (DESIGN.md), with its context and text redacted."""
+    """The alert's JSON body (DESIGN.md), with its context and text redacted and bounded."""
     settings = settings or get_settings()
     now = time.time() if now is None else now
     return {
         "level": level if level in LEVELS else "warning",
-        "title": redact_text(str(title)),
-        "message": redact_text(str(message)),
+        "title": redact_bounded(str(title), MAX_TITLE_BYTES)[0],
+        "message": redact_bounded(str(message), MAX_MESSAGE_BYTES)[0],
         "component": component,
-        "context": redact(dict(context or {})),
+        "context": redact_bounded(dict(context or {}), MAX_CONTEXT_BYTES)[0],
         "timestamp": datetime.fromtimestamp(now, UTC).isoformat().replace("+00:00", "Z"),
         "environment": settings.environment,
     }
@@ -262,39 +348,126 @@ def send_due_summaries(now: float | None = None, *, limit: int = 100) -> int:
     return sent
 
 
-def post(payload: dict[str, Any], *, settings: Settings | None = None) -> bool:
-    """POST one alert to ``ALERT_WEBHOOK_URL`` with retries; True when the receiver took it.
+#: Replies worth another attempt; any other non-2xx reply (a redirect, a 4xx) will not change by retrying.
+_RETRY_STATUSES = frozenset({408, 429})
 
-    Never raises. Without a URL the alert is only logged.
+
+def post(payload: dict[str, Any], *, settings: Settings | None = None) -> bool:
+    """POST one alert to ``ALERT_WEBHOOK_URL``, retrying; True when the receiver took it (a 2xx reply).
+
+    Bounded: each attempt ends ``ALERT_WEBHOOK_TIMEOUT_SEC`` after it started
+    (:func:`_post_once`) and the whole delivery, pauses included, within
+    ``ALERT_WEBHOOK_DEADLINE_SEC``. Redirects are not followed: a 3xx reply is a
+    failure, as is a 4xx; neither is retried (but 408 and 429 are, like 5xx
+    replies and transport errors). Never raises. Without a URL the alert is
+    only logged.
     """
     settings = settings or get_settings()
     url = settings.alert_webhook_url
     if not url:
         return False
-    import httpx
-
     body = json.dumps(payload, separators=(",", ":"), sort_keys=True).encode()
-    headers = {"Content-Type": "application/json", "User-Agent": "celery-resilience-alerts"}
-    if settings.alert_webhook_secret:
-        headers[SIGNATURE_HEADER] = sign(body, settings.alert_webhook_secret)
+    deadline = time.monotonic() + settings.alert_webhook_deadline_sec
     backoff = ExponentialBackoff(base=0.5, cap=8.0, jitter=True)
     attempts = settings.alert_webhook_retries + 1
+    made, problem = 0, "no attempt fitted in ALERT_WEBHOOK_DEADLINE_SEC"
     for attempt in range(attempts):
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:
+            break
+        headers = {"Content-Type": "application/json", "User-Agent": "celery-resilience-alerts"}
+        if settings.alert_webhook_secret:  # signed per attempt: a retry carries a fresh timestamp
+            headers.update(signature_headers(body, settings.alert_webhook_secret))
+        made += 1
         try:
-            response = httpx.post(url, content=body, headers=headers, timeout=settings.alert_webhook_timeout_sec)
-            if response.status_code < 500 and response.status_code != 429:
-                if response.status_code >= 400:
-                    log.warning("alert webhook refused the alert: HTTP %d", response.status_code)
-                    return False
-                return True
-            problem = f"HTTP {response.status_code}"
+            status = _post_once(url, body, headers, min(settings.alert_webhook_timeout_sec, remaining))
         except Exception as exc:
             problem = f"{type(exc).__name__}: {exc}"
+        else:
+            if 200 <= status < 300:
+                return True
+            problem = f"HTTP {status}"
+            if status < 500 and status not in _RETRY_STATUSES:
+                log.warning("alert webhook refused the alert: HTTP %d%s", status,
+                            " (a redirect: not followed, point ALERT_WEBHOOK_URL at the final address)"
+                            if 300 <= status < 400 else "")
+                return False
         if attempt + 1 < attempts:
-            time.sleep(backoff.compute(attempt))  # the sender thread's own pace, never a job's
-    log.warning("alert webhook unreachable after %d attempts (%s): alert %r not delivered",
-                attempts, problem, payload.get("title"))
+            pause = min(backoff.compute(attempt), deadline - time.monotonic())
+            if pause > 0:
+                time.sleep(pause)  # the sender thread's own pace, never a job's
+    log.warning("alert webhook unreachable after %d attempts in %.0fs (%s): alert %r not delivered",
+                made, settings.alert_webhook_deadline_sec - max(0.0, deadline - time.monotonic()), problem,
+                payload.get("title"))
     return False
+
+
+class _Cutoff:
+    """Ends one HTTP exchange at a deadline, whatever phase it is in.
+
+    httpx's timeouts bound each read, so a receiver sending a byte a second
+    keeps a request alive for ever. This timer shuts the connection's socket
+    down when the time is up (learned through httpcore's ``trace`` extension as
+    the connection is made); the blocked read then fails at once.
+    """
+
+    def __init__(self, seconds: float) -> None:
+        self.fired = False
+        self._lock = threading.Lock()
+        self._sockets: list[socket.socket] = []
+        self._timer = threading.Timer(seconds, self._fire)
+        self._timer.daemon = True
+        self._timer.name = "resilience-alert-cutoff"
+
+    def start(self) -> _Cutoff:
+        self._timer.start()
+        return self
+
+    def trace(self, event: str, info: dict[str, Any]) -> None:
+        if not event.endswith(("connect_tcp.complete", "connect_unix_socket.complete", "start_tls.complete")):
+            return
+        sock = info["return_value"].get_extra_info("socket")
+        if sock is None:
+            return
+        with self._lock:
+            self._sockets.append(sock)
+            fired = self.fired
+        if fired:  # connected just as the time ran out
+            _shut(sock)
+
+    def _fire(self) -> None:
+        with self._lock:
+            self.fired = True
+            sockets = list(self._sockets)
+        for sock in sockets:
+            _shut(sock)
+
+    def cancel(self) -> None:
+        self._timer.cancel()
+
+
+def _shut(sock: socket.socket) -> None:
+    try:  # the plain socket's shutdown: SSLSocket.shutdown would drop its SSL object under the reading thread
+        socket.socket.shutdown(sock, socket.SHUT_RDWR)
+    except OSError:
+        pass  # already closed
+
+
+def _post_once(url: str, body: bytes, headers: dict[str, str], seconds: float) -> int:
+    """One POST; the reply's status code, its body unread. Ends within ``seconds`` or raises ``TimeoutError``."""
+    import httpx
+
+    cutoff = _Cutoff(seconds).start()
+    try:
+        with httpx.Client(timeout=seconds, follow_redirects=False) as client, client.stream(
+                "POST", url, content=body, headers=headers, extensions={"trace": cutoff.trace}) as response:
+            return response.status_code
+    except Exception:
+        if cutoff.fired:
+            raise TimeoutError(f"no complete reply within {seconds:.1f}s") from None
+        raise
+    finally:
+        cutoff.cancel()
 
 
 def flush(timeout: float = 10.0) -> bool:

@@ -21,8 +21,12 @@ from redis.retry import Retry
 
 log = logging.getLogger(__name__)
 
-__all__ = ["COMPONENTS", "mark_down", "mark_up", "state", "is_down", "is_outage", "check_alerts", "reset", "health_check",
-           "TrackedRetry"]
+__all__ = ["COMPONENTS", "mark_down", "mark_up", "state", "is_down", "is_outage", "is_redis_full", "check_alerts",
+           "reset", "health_check", "TrackedRetry"]
+
+#: What Redis answers a write it refuses at ``maxmemory`` under ``noeviction``
+#: (alone, inside a transaction, or wrapped by kombu and Celery).
+_FULL_MESSAGE = "command not allowed when used memory"
 
 #: The Redis connections a process may hold.
 COMPONENTS = ("broker", "result_backend", "store")
@@ -106,8 +110,30 @@ def health_check() -> dict[str, Any]:
     return result
 
 
+def _chain(err: BaseException | None):
+    """``err`` and the errors it was raised from (causes and contexts, at most 10)."""
+    seen = 0
+    while err is not None and seen < 10:
+        yield err
+        err = err.__cause__ or err.__context__
+        seen += 1
+
+
+def is_redis_full(err: BaseException | None) -> bool:
+    """Whether ``err`` (or an error it was raised from) is Redis refusing a write at ``maxmemory``.
+
+    Under ``noeviction`` (what a queue needs) Redis answers writes with an OOM
+    error while reads, deletes and pops still work: the platform treats that as
+    an outage of writes, which ends when memory is freed.
+    """
+    from redis.exceptions import OutOfMemoryError
+
+    return any(isinstance(e, OutOfMemoryError) or _FULL_MESSAGE in str(e) for e in _chain(err))
+
+
 def is_outage(err: BaseException | None) -> bool:
-    """Whether ``err`` (or an error it was raised from) is a connection failure, not a caller's mistake.
+    """Whether ``err`` (or an error it was raised from) is a connection failure or a full Redis,
+    not a caller's mistake.
 
     Celery's Redis result backend turns a lost connection into a bare
     RuntimeError ("Retry limit exceeded while trying to reconnect to the Celery
@@ -118,13 +144,7 @@ def is_outage(err: BaseException | None) -> bool:
     from redis.exceptions import TimeoutError as RedisTimeoutError
 
     outage_types = (OperationalError, RedisConnectionError, RedisTimeoutError, ConnectionError, TimeoutError, OSError)
-    seen = 0
-    while err is not None and seen < 10:
-        if isinstance(err, outage_types):
-            return True
-        err = err.__cause__ or err.__context__
-        seen += 1
-    return False
+    return any(isinstance(e, outage_types) for e in _chain(err)) or is_redis_full(err)
 
 
 def state() -> dict[str, dict[str, Any]]:

@@ -3,7 +3,11 @@
 Entries are JSON (newest first) with the fields of the public contract:
 ``job_id``, ``task``, ``args``, ``kwargs``, ``options``, ``failure_reason``,
 ``error_type``, ``traceback``, ``failed_at``, ``retry_count``, ``worker``.
-Arguments, the reason and the traceback are redacted before they are written.
+Arguments, the reason and the traceback are redacted and cut to bounded sizes
+(:data:`MAX_ARGS_BYTES`, :data:`MAX_KWARGS_BYTES`, :data:`MAX_REASON_BYTES`,
+:data:`MAX_TRACEBACK_BYTES` of JSON each) before they are written; an entry
+with a field cut lists it in ``clipped``, and one whose arguments were cut is
+not replayed (it would run with the cut arguments).
 
 Writing an entry is one Lua step with the job's removal (``lua/deadletter_bury.lua``):
 the execution record becomes "dead", the ``jobs:active`` entry and its
@@ -31,7 +35,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from resilience.keys import keys
-from resilience.redact import redact
+from resilience.redact import redact_bounded
 from resilience.runtime import app_or_bound, transport_options
 from resilience.settings import get_settings
 from resilience.store import get_redis, load_script
@@ -40,6 +44,7 @@ from resilience.platform_tasks import TRIM_DEAD_LETTERS, add_beat_entry
 __all__ = [
     "REQUIRED_FIELDS", "Entry", "Filter", "build_entry", "bury", "bury_entry", "list_entries", "get",
     "replay", "replay_entry", "purge", "stats", "trim", "fingerprint", "iter_entries", "count", "Outcome",
+    "MAX_ARGS_BYTES", "MAX_KWARGS_BYTES", "MAX_REASON_BYTES", "MAX_TRACEBACK_BYTES", "arguments_cut",
 ]
 
 log = logging.getLogger(__name__)
@@ -49,6 +54,19 @@ REQUIRED_FIELDS = ("job_id", "task", "args", "kwargs", "options", "failure_reaso
 
 #: Entries read per round trip when the tooling walks the list.
 PAGE = 1000
+
+#: What an entry keeps at most, in bytes of JSON per field; a longer value is cut
+#: with a marker (``…[truncated N chars]``, ``…[N more items]``). The other fields
+#: are short (ids, names, time, counts, the idempotency key), so an entry with a
+#: short idempotency key stays under 37 KiB.
+MAX_ARGS_BYTES = 8 * 1024
+MAX_KWARGS_BYTES = 8 * 1024
+MAX_REASON_BYTES = 4 * 1024
+MAX_TRACEBACK_BYTES = 16 * 1024
+
+#: Field -> (cap, bytes of its end kept): a traceback keeps its first and its last lines.
+_BOUNDS = {"args": (MAX_ARGS_BYTES, 0), "kwargs": (MAX_KWARGS_BYTES, 0),
+           "failure_reason": (MAX_REASON_BYTES, 0), "traceback": (MAX_TRACEBACK_BYTES, MAX_TRACEBACK_BYTES // 2)}
 
 
 def utc_iso(ts: float | None = None) -> str:
@@ -70,8 +88,20 @@ def parse_time(value: str | float | dt.datetime) -> float:
 
 
 # -- writing ---------------------------------------------------------------------------
+def _bound(entry: dict[str, Any]) -> dict[str, Any]:
+    """``entry`` with its free-form fields redacted and cut to :data:`_BOUNDS` (``clipped`` names the cut ones)."""
+    clipped = []
+    for name, (cap, tail) in _BOUNDS.items():
+        entry[name], cut = redact_bounded(entry[name], cap, tail=tail)
+        if cut:
+            clipped.append(name)
+    if clipped:
+        entry["clipped"] = clipped
+    return entry
+
+
 def build_entry(task, args, kwargs, exc: BaseException | None, reason: str) -> dict[str, Any]:
-    """The dead-letter entry of the run behind ``task.request`` (redacted)."""
+    """The dead-letter entry of the run behind ``task.request`` (redacted and bounded)."""
     request = task.request
     delivery = request.delivery_info or {}
     error_type = type(exc).__name__ if exc is not None else "Unknown"
@@ -80,24 +110,24 @@ def build_entry(task, args, kwargs, exc: BaseException | None, reason: str) -> d
     key = getattr(request, "idempotency_key", None)
     if key:
         headers["idempotency_key"] = key
-    return {
+    return _bound({
         "job_id": request.id,
         "task": task.name,
-        "args": redact(list(args)),
-        "kwargs": redact(dict(kwargs)),
+        "args": list(args),
+        "kwargs": dict(kwargs),
         "options": {
             "queue": delivery.get("routing_key"),
             "exchange": delivery.get("exchange"),
             "idempotency_key": key,
             "headers": headers,
         },
-        "failure_reason": redact(reason),
+        "failure_reason": reason,
         "error_type": error_type,
-        "traceback": redact(trace),
+        "traceback": trace,
         "failed_at": utc_iso(),
         "retry_count": request.retries or 0,
         "worker": request.hostname,
-    }
+    })
 
 
 def broker_transport_options(app=None) -> dict:
@@ -148,8 +178,8 @@ def bury_entry(entry: dict[str, Any], *, job_id: str | None = None, worker_id: s
                delivery_tag: str | None = None, release_key: bool = True, app=None, pipe=None) -> None:
     """Dead-letter a job outside its run (the stuck-job sweep), atomically like :func:`bury`.
 
-    ``entry`` has the contract's fields (redacted here; ``failed_at`` filled
-    in if missing). ``job_id`` (default ``entry["job_id"]``) names the records
+    ``entry`` has the contract's fields (redacted and bounded here;
+    ``failed_at`` filled in if missing). ``job_id`` (default ``entry["job_id"]``) names the records
     to close; ``worker_id`` limits the ``jobs:active`` removal to that run
     (None removes it whoever owns it); ``delivery_tag`` removes the message
     from kombu's ``unacked``; the idempotency key in ``entry["options"]`` is
@@ -157,10 +187,9 @@ def bury_entry(entry: dict[str, Any], *, job_id: str | None = None, worker_id: s
     kombu's keys (default: the app given to ``install()``).
     """
     entry = dict(entry)
-    entry["args"] = redact(entry.get("args") or [])
-    entry["kwargs"] = redact(entry.get("kwargs") or {})
-    entry["traceback"] = redact(entry.get("traceback") or "")
-    entry["failure_reason"] = redact(entry.get("failure_reason") or "")
+    entry.update(args=entry.get("args") or [], kwargs=entry.get("kwargs") or {},
+                 traceback=entry.get("traceback") or "", failure_reason=entry.get("failure_reason") or "")
+    entry = _bound(entry)
     entry.setdefault("failed_at", utc_iso())
     job_id = job_id or entry.get("job_id")
     if not job_id:
@@ -321,17 +350,29 @@ def fresh_envelope(data: dict[str, Any], app=None) -> tuple[str, str]:
     return capture_message(app, send)
 
 
+def arguments_cut(data: dict[str, Any]) -> bool:
+    """Whether an entry's ``args`` or ``kwargs`` were cut to their bound when it was written."""
+    clipped = data.get("clipped")
+    return isinstance(clipped, list) and ("args" in clipped or "kwargs" in clipped)
+
+
 @dataclass
 class Outcome:
-    """What an operation did (or, with ``dry_run``, would do)."""
+    """What an operation did (or, with ``dry_run``, would do).
+
+    ``refused``: entries replay leaves alone, because their arguments were cut
+    when they were written (running them would use the cut arguments).
+    """
 
     matched: list[str] = field(default_factory=list)
     done: list[str] = field(default_factory=list)
     gone: list[str] = field(default_factory=list)
+    refused: list[str] = field(default_factory=list)
     dry_run: bool = False
 
     def to_json(self) -> dict[str, Any]:
-        return {"matched": self.matched, "done": self.done, "gone": self.gone, "dry_run": self.dry_run}
+        return {"matched": self.matched, "done": self.done, "gone": self.gone, "refused": self.refused,
+                "dry_run": self.dry_run}
 
 
 def replay_entry(entry: Entry, app=None) -> bool:
@@ -342,6 +383,9 @@ def replay_entry(entry: Entry, app=None) -> bool:
     """
     if entry.data is None:
         raise ValueError(f"entry {entry.index} is malformed ({entry.problem}); it cannot be replayed")
+    if arguments_cut(entry.data):
+        raise ValueError(f"the arguments of job {entry.job_id} were cut when it was dead-lettered; "
+                         "it cannot be replayed")
     app = app_or_bound(app)
     job_id = str(entry.data["job_id"])
     queue_key, envelope = fresh_envelope(entry.data, app)
@@ -359,16 +403,18 @@ def replay(ids: list[str] | None = None, *, all: bool = False, task: str | None 
     """Replay the entries of ``ids``, or with ``all=True`` every entry matching the filters.
 
     The job runs again with its stored (redacted) arguments: secrets masked
-    in the entry stay masked, so pass secrets to jobs by reference.
+    in the entry stay masked, so pass secrets to jobs by reference. Entries
+    whose arguments were cut when written are refused (``Outcome.refused``).
     """
     if not ids and not all:
         raise ValueError("name job ids to replay, or pass all=True")
     outcome = Outcome(dry_run=dry_run)
     for entry in _select(ids, _filter(task, error_type, since)):
         outcome.matched.append(entry.job_id)
-        if dry_run:
-            continue
-        (outcome.done if replay_entry(entry, app) else outcome.gone).append(entry.job_id)
+        if arguments_cut(entry.data):
+            outcome.refused.append(entry.job_id)
+        elif not dry_run:
+            (outcome.done if replay_entry(entry, app) else outcome.gone).append(entry.job_id)
     return outcome
 
 

@@ -21,6 +21,7 @@ from rich.live import Live
 from rich.panel import Panel
 from rich.table import Table
 
+from resilience.settings import masked_url
 from resilience.runtime import BUNDLED_APP, load_app
 from resilience.supervisor import Platform
 
@@ -134,9 +135,10 @@ class Demo:
         for counter, count in idempotency.counters().items():  # duplicates absorbed by the guards
             if count:
                 done.add_row(f"idempotency: {counter.replace('_', ' ')}", str(count))
-        header = (f"celery-resilience demo  |  up {time.monotonic() - started:.0f}s  |  Redis {platform.redis_url}"
+        header = (f"celery-resilience demo  |  up {time.monotonic() - started:.0f}s  |  "
+                  f"Redis {masked_url(platform.redis_url or '')}"
                   + (f"  |  Flower http://127.0.0.1:{platform.settings.flower_port} "
-                     f"({platform.flower_credentials})" if platform.flower_credentials else "")
+                     f"({platform.flower_login_hint()})" if platform.flower_credentials else "")
                   + "  |  Ctrl-C stops")
         parts = [Panel(header), Panel(self.producer_line()), table, done, render(collect(self.app))]
         if self.alert_receiver is not None:

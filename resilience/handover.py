@@ -40,8 +40,10 @@ from __future__ import annotations
 import logging
 import threading
 
+import redis
 from kombu.transport import redis as kombu_redis
 from kombu.transport import virtual
+from redis.exceptions import OutOfMemoryError
 
 from resilience import connection, unacked
 from resilience.store import get_redis
@@ -113,22 +115,50 @@ def _running_tags() -> set[str]:
     return tags
 
 
+def _unreachable(channel) -> tuple[type[BaseException], ...]:
+    """What counts as "Redis cannot take this now": connection errors and a full Redis."""
+    return (*channel.connection_errors, OutOfMemoryError)
+
+
 class HandoverQoS(kombu_redis.QoS):
-    """kombu's Redis QoS that keeps, rather than drops, messages on a connection loss."""
+    """kombu's Redis QoS that keeps, rather than drops, messages on a connection loss.
+
+    A full Redis (``maxmemory`` under ``noeviction``) is handled as a
+    connection loss: the pop that emptied a queue slot worked, the write that
+    records the message in ``unacked`` was refused, so the message is kept and
+    the consumer reconnects, waiting until Redis accepts writes again
+    (:class:`resilience.reconnect.ResilientConsumer`) instead of exiting on an
+    "unrecoverable" error.
+    """
 
     def append(self, message, delivery_tag):
         try:
             super().append(message, delivery_tag)
-        except self.channel.connection_errors:
+        except _unreachable(self.channel) as err:
             keep(delivery_tag, _envelope(message))
             log.warning("broker connection lost while recording message %s as delivered; "
                         "it is kept and put back when the broker is reachable", delivery_tag)
+            if isinstance(err, OutOfMemoryError):
+                raise redis.ConnectionError(f"Redis is full and refuses writes: {err}") from err
             raise
+
+    def ack(self, delivery_tag):
+        try:
+            return super().ack(delivery_tag)
+        except OutOfMemoryError:
+            # A full Redis refuses every command queued in MULTI, even kombu's deletes; the
+            # deletes alone are accepted. Without the transaction a crash in between can only
+            # leave a stale index entry, which kombu's restore skips.
+            with self.channel.conn_or_acquire() as client:
+                client.hdel(self.unacked_key, delivery_tag)
+                client.zrem(self.unacked_index_key, delivery_tag)
+            virtual.QoS.ack(self, delivery_tag)
+            return None
 
     def reject(self, delivery_tag, requeue=False):
         try:
             return super().reject(delivery_tag, requeue=requeue)
-        except self.channel.connection_errors:
+        except _unreachable(self.channel):
             if not requeue:
                 raise
         # The message stays in ``unacked``: hand it over instead of failing the requeue.
@@ -141,7 +171,7 @@ class HandoverQoS(kombu_redis.QoS):
         if not connection.is_down("broker"):
             try:
                 return super().restore_unacked(client)
-            except self.channel.connection_errors as err:
+            except _unreachable(self.channel) as err:
                 connection.mark_down("broker", err)
         running = _running_tags()
         kept = 0

@@ -17,6 +17,7 @@ Checks of ``/health`` (each ``{"ok": bool, ...details}``):
   ``HEALTH_LOOP_STALL_SEC`` and it consumes at least one queue (a worker whose
   consumer stopped polling is unhealthy although its process lives);
 * ``pool``: pool processes are alive (prefork);
+* ``redis_full``: Redis accepts writes (a probe key; a full Redis answers PING);
 * ``heartbeat``: this worker's heartbeat in Redis is younger than
   ``WORKER_HEARTBEAT_TIMEOUT_SEC`` (with the stuck-jobs feature on);
 * any check another feature registered with :func:`register_check`.
@@ -24,6 +25,7 @@ Checks of ``/health`` (each ``{"ok": bool, ...details}``):
 ``/ready`` says whether the worker takes work, and its body tells an
 orchestrator what to do: ``starting``/``draining`` (wait), ``broker_unavailable``
 (``restart: false``: the broker is down, restarting the worker cannot help),
+``redis_full`` (``restart: false``: Redis refuses writes until memory is freed),
 ``consumer_wedged`` (``restart: true``).
 
 Other features feed the registry::
@@ -193,6 +195,7 @@ class WorkerProbe:
         results: dict[str, tuple[dict[str, Any], bool]] = {}
         if self.monitor is not None:
             results["redis"] = (self.monitor.redis_check(), True)
+            results["redis_full"] = (self.monitor.redis_full_check(), True)
         results["broker"] = (self.broker_check(), True)
         results["consumer"] = (self.consumer_check(), True)
         results["pool"] = (self.pool_check(), True)
@@ -226,6 +229,10 @@ class WorkerProbe:
             state, restart, reason = "starting", False, "the worker is starting"
         elif self.phase == "draining":
             state, restart, reason = "draining", False, "the worker is shutting down; it takes no new jobs"
+        elif not checks.get("redis_full", {"ok": True})["ok"]:
+            state, restart, reason = ("redis_full", False,
+                                      "Redis is full and refuses writes; do not restart me: the worker resumes "
+                                      "by itself once memory is freed")
         elif broker_down:
             state, restart, reason = ("broker_unavailable", False,
                                       "broker down, do not restart me: the worker reconnects by itself")

@@ -2,8 +2,11 @@
 
 A daemon thread of the worker's main process PINGs Redis every
 ``HEALTH_REFRESH_INTERVAL_SEC`` with its own client, whose socket timeouts are
-``HEALTH_REDIS_TIMEOUT_SEC`` and which never retries, reads this worker's
-heartbeat age and keeps the worker's ``workers:health`` registration. Probes
+``HEALTH_REDIS_TIMEOUT_SEC`` and which never retries, writes a short-lived
+probe key (a full Redis answers PING but refuses writes: ``redis_full``),
+reads this worker's heartbeat age and keeps the worker's ``workers:health``
+registration. The start of a full-Redis episode is logged and alerted once
+(rule ``redis_full``), its end logged. Probes
 read the cached results, so a down or frozen Redis costs the monitor thread at
 most that timeout per round and costs a probe nothing.
 """
@@ -47,6 +50,9 @@ class HealthMonitor:
         self._registered = False
         self._was_up: bool | None = None
         self.redis_ok = False
+        self.redis_full = False
+        self.full_error: str | None = None
+        self.full_since: float | None = None
         self.redis_error: str | None = "not checked yet"
         self.redis_latency_ms: float | None = None
         self.checked_at: float | None = None
@@ -86,7 +92,8 @@ class HealthMonitor:
 
                 metrics.redis_reconnects.labels(client="health").inc()
             self._was_up = True
-            if self.worker is not None:
+            self._probe_writes(client)
+            if self.worker is not None and not self.redis_full:
                 self._refresh_worker(client)
         except Exception as exc:
             self.redis_ok = False
@@ -96,6 +103,25 @@ class HealthMonitor:
             self._drop_client()
         finally:
             self.checked_at = self._clock()
+
+    def _probe_writes(self, client: redis.Redis) -> None:
+        """Does Redis accept writes? A full one (maxmemory, noeviction) refuses them but answers PING."""
+        from resilience import connection
+
+        try:
+            client.set(keys().write_probe(f"health:{self.worker or 'monitor'}"), "1",
+                       px=int(max(self.settings.health_refresh_interval_sec * 3, 1) * 1000))
+        except redis.RedisError as err:
+            if not connection.is_redis_full(err):
+                raise
+            self.full_error = f"{type(err).__name__}: {err}"
+            if not self.redis_full:
+                self.redis_full, self.full_since = True, self._clock()
+                _report_full(self.worker, self.full_error)
+            return
+        if self.redis_full:
+            log.warning("Redis accepts writes again after %.1fs full", self._clock() - (self.full_since or 0))
+        self.redis_full, self.full_error, self.full_since = False, None, None
 
     def _refresh_worker(self, client: redis.Redis) -> None:
         k = keys()
@@ -151,6 +177,13 @@ class HealthMonitor:
             result["error"] = "the Redis check has not run recently"
         return result
 
+    def redis_full_check(self) -> dict[str, Any]:
+        """``redis_full``: Redis answers but refuses writes (``maxmemory`` reached under ``noeviction``)."""
+        if not self.redis_full:
+            return {"ok": True}
+        return {"ok": False, "full_for_sec": round(self._clock() - (self.full_since or self._clock()), 1),
+                "error": f"Redis is full and refuses writes: {self.full_error}"}
+
     def heartbeat_check(self) -> dict[str, Any]:
         if not self.settings.feature_stuck_jobs:
             return {"ok": True, "skipped": "FEATURE_STUCK_JOBS is off"}
@@ -165,3 +198,17 @@ class HealthMonitor:
         if not ok:
             result["error"] = f"last heartbeat {age}s ago (limit {self.settings.worker_heartbeat_timeout_sec}s)"
         return result
+
+
+def _report_full(worker: str | None, error: str | None) -> None:
+    """Log and alert (once per episode, rule ``redis_full``) that Redis refuses writes."""
+    log.error("Redis is full and refuses writes (%s): jobs wait, producers spool, workers hold off "
+              "until memory is freed", error)
+    try:
+        from resilience.alerts import alert
+
+        alert(rule="redis_full", subject="redis", level="critical", title="Redis is full", component="redis",
+              message="Redis reached maxmemory and refuses writes; free memory or raise maxmemory",
+              context={"worker": worker, "error": error})
+    except Exception:  # an observer never breaks what it observes
+        log.exception("redis_full alert not sent")

@@ -2,8 +2,15 @@
 
 A ``ThreadingHTTPServer`` on a daemon thread of the worker's main process:
 it never runs on the consumer's event loop, so a wedged loop cannot silence
-it and a slow client cannot block the worker. Each request gets its own
+it and a slow client cannot block the worker. Each connection gets its own
 thread; the handlers only read cached state (see :mod:`resilience.health`).
+
+Slow or idle clients cannot pile up threads: a connection must deliver a
+complete request within :attr:`HealthServer.request_timeout_sec` (2 s) of
+being accepted, or of its previous reply, however it trickles its bytes, or
+it is closed; and at most :attr:`HealthServer.max_handlers` (32) connections
+are served at once. Beyond that a new connection is closed unread at once, so
+a probe retried after the request timeout is answered again.
 
 Port rule: with ``HEALTH_PORT=0`` the OS picks a free port. Otherwise the
 server binds the first free port of ``HEALTH_PORT``, ``HEALTH_PORT+1``, ...,
@@ -18,9 +25,11 @@ network).
 from __future__ import annotations
 
 import errno
+import io
 import json
 import logging
 import threading
+import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
@@ -34,12 +43,46 @@ log = logging.getLogger(__name__)
 class HealthServer(ThreadingHTTPServer):
     daemon_threads = True
     allow_reuse_address = False  # a port held by another worker must fail to bind, not be shared
+    request_queue_size = 64  # a burst of probes waits in the kernel's backlog, not refused there
+
+    #: Seconds a connection has to deliver a complete request (line and headers), from
+    #: its acceptance or its previous reply; then it is closed.
+    request_timeout_sec: float = 2.0
+    #: Connections served at once (one thread each); a connection beyond them is closed unread.
+    max_handlers: int = 32
 
     def __init__(self, address, probe, state) -> None:
         self.probe = probe
         self.state = state
+        self.refused = 0  # connections closed unread because every handler was busy
+        self._slots = threading.BoundedSemaphore(self.max_handlers)
         self._thread: threading.Thread | None = None
         super().__init__(address, _Handler)
+
+    def process_request(self, request, client_address) -> None:
+        """Serve the connection on a thread of its own, if one of ``max_handlers`` is free."""
+        if not self._slots.acquire(blocking=False):
+            self.refused += 1
+            log.debug("health server busy (%d connections): closed one from %s", self.max_handlers, client_address)
+            self.shutdown_request(request)
+            return
+        try:
+            threading.Thread(target=self.process_request_thread, args=(request, client_address),
+                             name="resilience-health-request", daemon=True).start()
+        except BaseException:
+            self._slots.release()
+            self.shutdown_request(request)
+            raise
+
+    def process_request_thread(self, request, client_address) -> None:
+        try:
+            super().process_request_thread(request, client_address)
+        finally:
+            self._slots.release()
+
+    def handle_error(self, request, client_address) -> None:
+        """A client that hung up or reset is its own business: no traceback on stderr."""
+        log.debug("health request from %s failed", client_address, exc_info=True)
 
     def start(self) -> HealthServer:
         self._thread = threading.Thread(target=self.serve_forever, kwargs={"poll_interval": 0.2},
@@ -58,13 +101,47 @@ class HealthServer(ThreadingHTTPServer):
         return self.server_address[1]
 
 
+class _DeadlineReader(io.RawIOBase):
+    """The connection's bytes, each read bounded by what is left of the handler's deadline.
+
+    A per-read timeout alone lets a client that sends a byte a second hold its
+    thread for ever; this ends the request at the deadline, raising
+    ``TimeoutError`` (which ``BaseHTTPRequestHandler`` answers by closing).
+    """
+
+    def __init__(self, handler: _Handler) -> None:
+        self._handler = handler
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer) -> int:
+        remaining = self._handler.deadline - time.monotonic()
+        if remaining <= 0:
+            raise TimeoutError("no complete request in time")
+        self._handler.connection.settimeout(remaining)
+        return self._handler.connection.recv_into(buffer)
+
+
 class _Handler(BaseHTTPRequestHandler):
     server: HealthServer
     protocol_version = "HTTP/1.1"
     disable_nagle_algorithm = True  # headers and body go out as two writes: no 40 ms delayed-ACK stall
     server_version = "resilience-health"
+    deadline = 0.0
+
+    def setup(self) -> None:
+        self.timeout = self.server.request_timeout_sec  # also bounds each write of a reply
+        super().setup()
+        self.rfile.close()
+        self.rfile = io.BufferedReader(_DeadlineReader(self))
+
+    def handle_one_request(self) -> None:
+        self.deadline = time.monotonic() + self.server.request_timeout_sec
+        super().handle_one_request()
 
     def do_GET(self) -> None:  # noqa: N802 - http.server's naming
+        self.connection.settimeout(self.server.request_timeout_sec)  # the reply gets its own time
         path = self.path.split("?", 1)[0].rstrip("/") or "/"
         try:
             if path == "/health":

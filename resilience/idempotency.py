@@ -7,6 +7,14 @@ owner's id comes back as an ``AsyncResult`` and nothing is enqueued. If the
 publish fails, the claim is released with compare-and-delete so the caller can
 try again, and the error propagates.
 
+An explicit key must not be blank (an empty key would be one key shared by
+every caller that passes an empty value) and is at most :data:`MAX_KEY_BYTES`
+(256) bytes in UTF-8; otherwise :class:`~resilience.errors.InvalidIdempotencyKey`
+is raised before anything is claimed or enqueued (:func:`check_key`). A longer
+key is refused rather than hashed, so the key a caller passes is the key stored
+in ``idempotency:<key>``, message headers and dead letters: hash it yourself if
+your natural key is long.
+
 Derived keys are ``<task name>:<sha256 of the canonical JSON>`` of
 ``[task name, args, kwargs]`` with the arguments named by the task's signature
 (:func:`named_arguments`); see :func:`resilience.submission.canonical_json`
@@ -21,14 +29,18 @@ import logging
 from collections.abc import Callable
 from typing import Any
 
+from resilience.errors import InvalidIdempotencyKey
 from resilience.keys import keys
 from resilience.settings import get_settings
 from resilience.store import get_redis, load_script
 from resilience.submission import canonical_json
 
-__all__ = ["derived_key", "named_arguments", "key_for", "submit_once", "claim", "owner", "release", "count", "counters"]
+__all__ = ["MAX_KEY_BYTES", "check_key", "derived_key", "named_arguments", "key_for", "submit_once", "claim", "owner", "release", "count", "counters"]
 
 log = logging.getLogger(__name__)
+
+#: Longest explicit idempotency key, in bytes of UTF-8.
+MAX_KEY_BYTES = 256
 
 #: Counters in ``stats:idempotency``: duplicate submissions absorbed, and
 #: deliveries the execution guard acknowledged without a run (by reason) or deferred.
@@ -91,10 +103,25 @@ def named_arguments(task, args, kwargs) -> tuple[list, dict]:
     return [], named
 
 
+def check_key(key: str) -> str:
+    """``key`` if it is a usable explicit key, else :class:`InvalidIdempotencyKey` saying why."""
+    if not key.strip():
+        raise InvalidIdempotencyKey(f"idempotency key {key!r} is blank: pass a key that names the request, "
+                                    "or None for no key")
+    size = len(key.encode("utf-8", "surrogatepass"))
+    if size > MAX_KEY_BYTES:
+        raise InvalidIdempotencyKey(f"idempotency key is {size} bytes, over the limit of {MAX_KEY_BYTES} bytes "
+                                    "(UTF-8): hash a long natural key first")
+    return key
+
+
 def key_for(task, args, kwargs, explicit: str | None) -> str | None:
-    """The key of a submission: call (``idempotency_key``) > task (``idempotent=True``) > none."""
+    """The key of a submission: call (``idempotency_key``) > task (``idempotent=True``) > none.
+
+    An explicit key is checked by :func:`check_key`.
+    """
     if explicit is not None:
-        return str(explicit)
+        return check_key(str(explicit))
     if getattr(task, "idempotent", False):
         return derived_key(task.name, *named_arguments(task, args, kwargs))
     return None

@@ -16,7 +16,7 @@ import logging
 
 from celery import Celery
 
-from resilience import platform_tasks, runtime
+from resilience import logredact, platform_tasks, runtime
 from resilience.settings import forget_app_settings, load_settings, settings_for
 from resilience.task import ResilientTask
 
@@ -46,6 +46,7 @@ def install(app: Celery) -> Celery:
     if app.__dict__.get("_resilience_installed"):
         return app
     load_settings()  # the environment is validated now, at import: a bad value names its variable
+    logredact.install(app, None)  # always on, and from the first log line: secrets never reach a log
     app._resilience_installed = True
     app.on_configure.connect(_on_configure, weak=False)
     app.on_after_configure.connect(_on_after_configure, weak=False)

@@ -117,6 +117,10 @@ class Keys:
         """Sorted set: ``<epoch ms>:<length>`` samples of the dead-letter queue length."""
         return self._k("alerts:dead_letter:samples")
 
+    def write_probe(self, name: str) -> str:
+        """String with a short TTL: written to learn whether Redis accepts writes (not full)."""
+        return self._k(f"probe:{name}")
+
     def lock(self, name: str) -> str:
         """String with TTL: a token-checked lock."""
         return self._k(f"locks:{name}")

@@ -29,6 +29,7 @@ publish token) and the execution guard runs its body once. With
 
 from __future__ import annotations
 
+import atexit
 import concurrent.futures
 import contextlib
 import contextvars
@@ -39,6 +40,8 @@ from datetime import datetime
 from collections.abc import Callable
 from typing import Any
 
+from celery import bootsteps, signals
+
 from resilience import connection, spool
 from resilience.backoff import ExponentialBackoff
 from resilience.errors import BrokerUnavailable
@@ -47,7 +50,7 @@ from resilience.settings import Settings, get_settings
 log = logging.getLogger(__name__)
 
 __all__ = ["publish_guarded", "call_bounded", "within_deadline", "BoundedProducer", "Flusher", "flusher",
-           "install"]
+           "SpoolWatch", "SpoolWatchStep", "report_spool_left", "install"]
 
 _executor_lock = threading.Lock()
 _executor: concurrent.futures.ThreadPoolExecutor | None = None
@@ -204,11 +207,109 @@ def _spool(task, args, kwargs, job_id: str, options: dict[str, Any], *, reason: 
         options["root_id"] = options.get("root_id") or parent.request.root_id or parent.request.id
     n = spool.append(task.name, args, kwargs, job_id, options)
     log.info("spooled job %s of %s (%d waiting): %s", job_id, task.name, n, reason)
+    _report_spool_at_exit()
     flusher().wake()
     result = task.AsyncResult(job_id)
     if parent is not None and options.get("add_to_parent", True):
         parent.add_trail(result)
     return result
+
+
+_exit_report_registered = False
+
+
+def _report_spool_at_exit() -> None:
+    """A process that spooled jobs says, when it exits, how many still wait and where."""
+    global _exit_report_registered
+    if not _exit_report_registered:
+        _exit_report_registered = True
+        atexit.register(report_spool_left)
+
+
+def report_spool_left() -> int:
+    """Try one bounded flush, then log how many spooled jobs are left and where; returns that count.
+
+    Nothing is lost when a producer exits with jobs in its spool: the rows stay
+    on disk, and every worker and beat using the same data dir publishes them
+    (:class:`SpoolWatch`), as does ``resilience spool flush``.
+    """
+    try:
+        left = spool.count()
+        if left and not connection.is_down("broker"):
+            flusher().flush_once()
+            left = spool.count()
+        if left:
+            log.warning("%d spooled job(s) wait in %s: a worker or beat using this data dir publishes them "
+                        "when Redis takes writes again (or run `resilience spool flush`)", left, spool.spool_path())
+        return left
+    except Exception:  # noqa: BLE001 - at exit, never raise over what the process was doing
+        log.debug("could not report the publish spool at exit", exc_info=True)
+        return 0
+
+
+class SpoolWatch:
+    """Publishes what any process left in this data dir's spool: runs in every worker and in beat.
+
+    Every ``SPOOL_CHECK_INTERVAL_SEC`` it looks at the spool (a file check, and
+    a COUNT when the file exists) and wakes this process's flusher when jobs
+    wait, so jobs a short-lived producer spooled before it exited never wait on
+    that producer.
+    """
+
+    def __init__(self, interval: float | None = None) -> None:
+        self.interval = interval
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def start(self) -> SpoolWatch:
+        self._thread = threading.Thread(target=self._run, name="resilience-spool-watch", daemon=True)
+        self._thread.start()
+        return self
+
+    def check(self) -> bool:
+        """One look; True when spooled jobs were found (and the flusher woken)."""
+        if spool.pending():
+            flusher().wake()
+            return True
+        return False
+
+    def _run(self) -> None:
+        interval = self.interval or get_settings().spool_check_interval_sec
+        while not self._stop.wait(interval):
+            try:
+                self.check()
+            except Exception:  # noqa: BLE001 - a broken spool file is reported by the flusher; look again later
+                log.debug("spool check failed", exc_info=True)
+
+    def stop(self) -> None:
+        self._stop.set()
+
+
+class SpoolWatchStep(bootsteps.StartStopStep):
+    """Worker bootstep: a :class:`SpoolWatch` for the worker's lifetime (its main process)."""
+
+    def __init__(self, parent, **kwargs):
+        super().__init__(parent, **kwargs)
+        self.watch: SpoolWatch | None = None
+
+    def start(self, parent):
+        self.watch = SpoolWatch().start()
+
+    def stop(self, parent):
+        if self.watch is not None:
+            self.watch.stop()
+            self.watch = None
+
+    shutdown = stop
+
+
+_beat_watch: SpoolWatch | None = None
+
+
+def _watch_from_beat(**_: Any) -> None:
+    global _beat_watch
+    if _beat_watch is None:
+        _beat_watch = SpoolWatch().start()
 
 
 def _publish_spooled(app, job: spool.SpooledJob, timeout: float) -> None:
@@ -256,6 +357,21 @@ class Flusher:
 
     def watch(self) -> None:
         self._start()
+
+    def flush_once(self) -> int:
+        """Publish what the spool holds now, on the calling thread (each publish bounded);
+        stops at the first failure. Returns how many went out (-1: another process flushes)."""
+        settings = get_settings()
+        try:
+            sent = spool.drain(lambda job: _publish_spooled(self._app_or_default(), job,
+                                                            settings.publish_timeout_sec))
+        except Exception as err:  # noqa: BLE001 - still unreachable or full: the rows stay
+            log.info("spool not flushed: %s", err)
+            return 0
+        if sent > 0:
+            self.published += sent
+            log.warning("published %d spooled job(s)", sent)
+        return sent
 
     def _start(self) -> None:
         with self._lock:
@@ -332,6 +448,8 @@ def install(app, settings: Settings) -> None:
     with _flusher_lock:
         if _flusher is None:
             _flusher = Flusher(app)
+    app.steps["worker"].add(SpoolWatchStep)
+    signals.beat_init.connect(_watch_from_beat, dispatch_uid="resilience.outage.beat_spool_watch", weak=False)
     try:
         if spool.pending():
             log.warning("found %d spooled job(s) from an earlier run; publishing them", spool.count())

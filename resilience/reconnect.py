@@ -11,6 +11,11 @@ for a shutdown request. Retries never give up
 (``broker_connection_max_retries=None``). Every attempt is recorded in
 :mod:`resilience.connection`, which also alerts on a long outage.
 
+A full Redis (``maxmemory`` reached under ``noeviction``) is an outage too:
+once connected, the consumer writes a probe key, and while Redis refuses it
+the consumer waits on the same schedule instead of consuming messages it
+could not record (see :mod:`resilience.handover`).
+
 Installed through ``worker_consumer`` when ``FEATURE_ENHANCED_REDIS`` is on;
 with the flag off Celery's own consumer and schedule are used.
 """
@@ -22,9 +27,11 @@ import time
 
 from celery.worker.consumer.consumer import Consumer
 from celery.worker.state import maybe_shutdown
+from redis.exceptions import OutOfMemoryError
 
 from resilience import connection, handover
 from resilience.backoff import ExponentialBackoff
+from resilience.keys import keys
 from resilience.settings import Settings, get_settings
 
 log = logging.getLogger(__name__)
@@ -54,13 +61,32 @@ def _sleep_checking_shutdown(seconds: float) -> None:
         time.sleep(min(_SLICE_SEC, left))
 
 
+def _refused_write(conn) -> BaseException | None:
+    """Write a short-lived probe key through ``conn``: the error if Redis refuses writes (full), else None."""
+    client = getattr(getattr(conn, "default_channel", None), "client", None)
+    if client is None:
+        return None
+    try:
+        client.set(keys().write_probe("consumer"), "1", px=60_000)
+    except Exception as err:  # noqa: BLE001 - only "full" holds the consumer back; the rest is kombu's
+        if connection.is_redis_full(err):
+            return err
+    return None
+
+
 class ResilientConsumer(Consumer):
     """Celery's consumer with a fast, jittered, never-ending reconnect schedule.
 
     Its broker connection uses the hand-over channel (:mod:`resilience.handover`):
     messages received but not kept in Redis when the connection was lost go
-    back on their queues as soon as it is connected again.
+    back on their queues as soon as it is connected again. A full Redis
+    counts as a lost connection (Celery would stop the worker on it as an
+    "unrecoverable error"): the consumer restarts and waits for writes.
     """
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.connection_errors = (*self.connection_errors, OutOfMemoryError)
 
     def ensure_connected(self, conn):
         backoff = reconnect_backoff()
@@ -76,9 +102,16 @@ class ResilientConsumer(Consumer):
             log.warning("cannot reach the broker (%s); attempt %d, retrying in %.2fs", exc, attempts, delay)
             _sleep_checking_shutdown(delay)
 
-        conn = conn.ensure_connection(on_error, self.app.conf.broker_connection_max_retries,
-                                      interval_start=0, interval_step=0, interval_max=0,
-                                      callback=maybe_shutdown)
+        while True:
+            conn = conn.ensure_connection(on_error, self.app.conf.broker_connection_max_retries,
+                                          interval_start=0, interval_step=0, interval_max=0,
+                                          callback=maybe_shutdown)
+            refused = _refused_write(conn)
+            if refused is None:
+                break
+            # Connected, but Redis is full: taking messages now would only pile them up in
+            # this process. Wait, on the same schedule, until Redis accepts writes again.
+            on_error(refused, 0)
         self.first_connection_attempt = False
         self.broker_connection_retry_attempt = 0
         connection.mark_up("broker")

@@ -23,7 +23,8 @@ log = logging.getLogger(__name__)
 
 
 #: Connection errors as named by a wrapped exception that could not be pickled.
-_OUTAGE_ERROR_NAMES = frozenset({"ConnectionError", "TimeoutError", "OperationalError", "BusyLoadingError"})
+_OUTAGE_ERROR_NAMES = frozenset({"ConnectionError", "TimeoutError", "OperationalError", "BusyLoadingError",
+                                 "OutOfMemoryError"})
 
 
 class ResilientRequest(Request):
@@ -68,13 +69,14 @@ class ResilientRequest(Request):
             return False  # Celery's own behaviour: acknowledged as failed
         if not self.task.acks_late or (return_ok and not getattr(exc_info, "internal", False)):
             return False  # the body raised: the job's own failure, handled by its retry policy
+        from resilience import connection
+
         exc = getattr(exc_info, "exception", None)
         if isinstance(exc, ExceptionWithTraceback):
             exc = exc.exc
         if isinstance(exc, UnpickleableExceptionWrapper):
-            return exc.exc_cls_name in _OUTAGE_ERROR_NAMES
-        from resilience import connection
-
+            return exc.exc_cls_name in _OUTAGE_ERROR_NAMES or connection.is_redis_full(
+                RuntimeError(str(exc.exc_message)))
         return connection.is_outage(exc)
 
     def on_failure(self, exc_info, send_failed_event=True, return_ok=False):

@@ -10,6 +10,7 @@ fails at deploy time rather than at 3 a.m. Units are part of the names
 from __future__ import annotations
 
 import dataclasses
+import math
 import os
 import re
 import threading
@@ -21,7 +22,8 @@ from urllib.parse import urlsplit
 
 from resilience.errors import SettingsError
 
-__all__ = ["FEATURES", "Settings", "conf_keys", "get_settings", "load_settings", "reset_settings", "settings_for"]
+__all__ = ["FEATURES", "SECRET_SETTINGS", "Settings", "conf_keys", "get_settings", "load_settings", "masked_url",
+           "reset_settings", "settings_for", "shown_value"]
 
 #: Feature name -> environment flag. Each defaults to on; ``false`` turns the
 #: feature off and the platform behaves as plain Celery in that respect.
@@ -36,6 +38,63 @@ FEATURES: dict[str, str] = {
     "alerting": "FEATURE_ALERTING",
     "health": "FEATURE_HEALTH",
 }
+
+#: Settings whose values never appear in a message or a log line, whatever they hold
+#: (``ALERT_WEBHOOK_URL`` may carry a token in its path or query).
+SECRET_SETTINGS = frozenset({"ALERT_WEBHOOK_URL", "ALERT_WEBHOOK_SECRET", "SENTRY_DSN", "FLOWER_BASIC_AUTH"})
+#: Any other setting whose name says it holds a secret is hidden too.
+_SECRET_NAME_RE = re.compile(r"SECRET|PASSWORD|PASSWD|TOKEN|DSN|AUTH|CREDENTIAL", re.IGNORECASE)
+#: Query parameters of a URL whose values are masked.
+_SECRET_PARAM_RE = re.compile(r"SECRET|PASSWORD|PASSWD|PASS|PWD|TOKEN|KEY|AUTH|SIG|CREDENTIAL", re.IGNORECASE)
+HIDDEN = "<hidden>"
+MASK = "***"
+
+
+def masked_url(url: str) -> str:
+    """``url`` safe to show: its password and secret query parameters replaced by ``***``.
+
+    ``redis://user:pw@host:6379/0`` is shown as ``redis://user:***@host:6379/0``;
+    userinfo without a password (``redis://token@host``) is masked whole, since a
+    token often sits there. Plain string work, no URL parser: a password holding
+    ``/``, ``?`` or ``#`` (unencoded) is masked too, up to the last ``@``.
+    """
+    scheme, sep, rest = url.partition("://")
+    if not sep:  # no URL (a missing scheme, say), but maybe user:password@host
+        return MASK + "@" + url.rpartition("@")[2] if "@" in url else url
+    if "@" in rest:
+        userinfo, _, rest = rest.rpartition("@")
+        user, colon, _password = userinfo.partition(":")
+        plain_user = colon and user and not any(c in user for c in "/?#")
+        rest = (f"{user}:{MASK}" if plain_user else MASK) + "@" + rest
+    base, question, query = rest.partition("?")
+    if question:
+        query, hash_, fragment = query.partition("#")
+        rest = base + "?" + "&".join(_masked_param(param) for param in query.split("&")) + hash_ + fragment
+    return f"{scheme}://{rest}"
+
+
+def _masked_param(param: str) -> str:
+    name, eq, _value = param.partition("=")
+    return f"{name}={MASK}" if eq and _SECRET_PARAM_RE.search(name) else param
+
+
+def shown_value(name: str, raw: Any) -> str:
+    """How the value of setting ``name`` may appear in a message or a log line.
+
+    Secret settings are :data:`HIDDEN`: :data:`SECRET_SETTINGS` in any case and
+    with any prefix (``alert_webhook_url`` from the app's configuration,
+    ``RESILIENCE_ALERT_WEBHOOK_URL``), and any name saying SECRET, PASSWORD,
+    TOKEN, DSN, AUTH or CREDENTIAL. Any other value that holds a URL or an
+    ``@`` is shown through :func:`masked_url`.
+    """
+    upper = name.upper()
+    if any(upper.endswith(secret) for secret in SECRET_SETTINGS) or _SECRET_NAME_RE.search(name):
+        return HIDDEN
+    text = str(raw)
+    if "://" in text or "@" in text:
+        return masked_url(text)
+    return text
+
 
 _TRUE = {"1", "true", "yes", "on"}
 _FALSE = {"0", "false", "no", "off"}
@@ -57,6 +116,8 @@ def _number(kind: type, *, minimum: float | None = 0, allow_zero: bool = True):
             value = kind(raw.strip())
         except ValueError:
             raise SettingsError(name, raw, f"expected {'an integer' if kind is int else 'a number'}") from None
+        if not math.isfinite(value):  # nan, inf, -inf, 1e999: float() takes them all
+            raise SettingsError(name, raw, "expected a finite number")
         if minimum is not None and value < minimum:
             raise SettingsError(name, raw, f"must be at least {minimum}")
         if not allow_zero and value == 0:
@@ -85,7 +146,11 @@ def _redis_url(name: str, raw: str) -> str | None:
     value = raw.strip()
     if not value:
         return None
-    parts = urlsplit(value)
+    try:
+        parts = urlsplit(value)
+        parts.port  # noqa: B018 - parsed on access: a non-numeric or out-of-range port raises here
+    except ValueError:
+        raise SettingsError(name, raw, "not a valid URL (check its host and port)") from None
     if parts.scheme not in {"redis", "rediss", "unix"}:
         raise SettingsError(name, raw, "expected a redis://, rediss:// or unix:// URL")
     if parts.scheme != "unix" and not parts.hostname:
@@ -97,9 +162,13 @@ def _http_url(name: str, raw: str) -> str | None:
     value = raw.strip()
     if not value:
         return None
-    parts = urlsplit(value)
+    try:
+        parts = urlsplit(value)
+        parts.port  # noqa: B018 - parsed on access
+    except ValueError:
+        raise SettingsError(name, raw, "not a valid URL (check its host and port)") from None
     if parts.scheme not in {"http", "https"} or not parts.hostname:
-        raise SettingsError(name, "<redacted>", "expected an http:// or https:// URL")
+        raise SettingsError(name, raw, "expected an http:// or https:// URL")
     return value
 
 
@@ -117,7 +186,7 @@ def _basic_auth(name: str, raw: str) -> str | None:
     for pair in value.split(","):
         user, sep, password = pair.partition(":")
         if not sep or not user or not password:
-            raise SettingsError(name, "<redacted>", "expected user:password (comma-separated for several)")
+            raise SettingsError(name, raw, "expected user:password (comma-separated for several)")
     return value
 
 
@@ -173,6 +242,8 @@ class Settings:
         "Largest encoded arguments a job may have; larger submissions raise PayloadTooLarge")
     spool_max_jobs: int = _setting("SPOOL_MAX_JOBS", 100000, _positive_int,
         "Most jobs the local publish spool holds; beyond it submission raises SpoolFull")
+    spool_check_interval_sec: float = _setting("SPOOL_CHECK_INTERVAL_SEC", 2.0, _positive_float,
+        "How often workers and beat look for jobs that any process left in the data dir's spool and publish them")
 
     platform_task_queue: str = _setting("PLATFORM_TASK_QUEUE", "", _plain_str,
         "Queue of the platform's own tasks (sweep, trims, alert rules, beat pulse); empty: the app's default "
@@ -273,9 +344,11 @@ class Settings:
     error_buffer_max: int = _setting("ERROR_BUFFER_MAX", 10000, _positive_int,
         "Error records a process buffers while Redis is slow or away; beyond it the oldest are dropped")
     alert_webhook_timeout_sec: float = _setting("ALERT_WEBHOOK_TIMEOUT_SEC", 5.0, _positive_float,
-        "Connect/read timeout of one webhook POST")
+        "Longest one webhook POST may take, from connecting to the reply's status (a slow trickle is cut off)")
     alert_webhook_retries: int = _setting("ALERT_WEBHOOK_RETRIES", 3, _non_negative_int,
         "Further attempts after a failed webhook POST (capped exponential backoff from 0.5 s)")
+    alert_webhook_deadline_sec: float = _setting("ALERT_WEBHOOK_DEADLINE_SEC", 30.0, _positive_float,
+        "Longest one alert's delivery may take, every attempt and pause included; then it is logged as lost")
     alert_queue_max: int = _setting("ALERT_QUEUE_MAX", 1000, _positive_int,
         "Alerts a process holds for its sender thread; beyond it new alerts are dropped and logged")
     alert_evaluate_interval_sec: int = _setting("ALERT_EVALUATE_INTERVAL_SEC", 30, _positive_int,

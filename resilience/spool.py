@@ -31,6 +31,7 @@ from pathlib import Path
 from typing import Any
 
 from resilience.errors import SpoolFull
+from resilience.localfiles import private_dir, private_file
 from resilience.settings import get_settings
 
 log = logging.getLogger(__name__)
@@ -75,7 +76,10 @@ def spool_path() -> Path:
 @contextlib.contextmanager
 def _db() -> Iterator[sqlite3.Connection]:
     path = spool_path()
-    path.parent.mkdir(parents=True, exist_ok=True)
+    if not path.exists():
+        # job arguments in plain text: 0600 in a 0700 dir (SQLite gives its WAL files the same mode)
+        private_dir(path.parent)
+        private_file(path)
     conn = sqlite3.connect(path, timeout=30.0, isolation_level=None)
     try:
         conn.execute("PRAGMA journal_mode=WAL")

@@ -19,6 +19,7 @@ from rich.table import Table
 from resilience.errors import StoreUnavailable
 from resilience.keys import keys
 from resilience.redact import redact
+from resilience.runtime import queue_names, transport_options
 from resilience.settings import get_settings
 from resilience.store import get_redis
 
@@ -26,12 +27,7 @@ DEFAULT_QUEUES = ("celery",)
 
 
 def _queues(app=None) -> list[str]:
-    names = set(DEFAULT_QUEUES)
-    if app is not None:
-        names.add(app.conf.task_default_queue or "celery")
-        for queue in app.conf.task_queues or ():
-            names.add(getattr(queue, "name", str(queue)))
-    return sorted(names)
+    return queue_names(app) if app is not None else list(DEFAULT_QUEUES)
 
 
 def _number(value: Any, kind: type = int, default: Any = 0) -> Any:
@@ -70,7 +66,7 @@ def collect(app=None, *, now: float | None = None, top_errors: int = 5, client=N
     pipe.zrange(k.worker_heartbeats, 0, -1, withscores=True)
     pipe.hgetall(k.breakers_status)
     pipe.hgetall(k.errors_patterns)
-    pipe.hlen("unacked")
+    pipe.hlen(k.kombu_unacked(transport_options(app) if app is not None else None))
     pipe.hgetall(k.worker_health)
     try:
         results = pipe.execute()

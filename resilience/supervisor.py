@@ -7,6 +7,12 @@ if this process started it. Each child runs in its own process group;
 SIGINT or SIGTERM stops them all (warm shutdown first, SIGKILL after a grace
 period), so no process of the platform is left behind. A child that exits on
 its own is restarted with a growing delay.
+
+Flower's credentials never appear on a command line (where ``ps`` shows them to
+every user) nor in output: Flower reads them from ``FLOWER_BASIC_AUTH`` in its
+environment (Flower takes any option from ``FLOWER_<OPTION>``). Without that
+setting a password is generated once and kept in ``<data dir>/flower-credentials``
+(``user:password``, mode 0600); later runs reuse it.
 """
 
 from __future__ import annotations
@@ -15,6 +21,7 @@ import logging
 import os
 import secrets
 import signal
+import stat
 import subprocess
 import sys
 import threading
@@ -33,11 +40,17 @@ log = logging.getLogger(__name__)
 STOP_GRACE_SEC = 20.0
 
 
+#: Where a generated Flower login is kept, in the data dir.
+FLOWER_CREDENTIALS_FILE = "flower-credentials"
+FLOWER_USER = "admin"
+
+
 @dataclass
 class Child:
     name: str
     argv: list[str]
     log_path: Path | None
+    env: dict[str, str] = field(default_factory=dict)  # on top of the platform's environment
     process: subprocess.Popen | None = None
     restarts: int = 0
     next_start: float = 0.0
@@ -56,7 +69,8 @@ class Platform:
     worker_name: str = "worker1@%h"
     children: list[Child] = field(default_factory=list)
     redis_url: str | None = None
-    flower_credentials: str | None = None
+    flower_credentials: str | None = None  # user:password; never printed or put on a command line
+    flower_credentials_file: Path | None = None  # set when the password was generated
     _started_redis_pid: int | None = None
     _stop: threading.Event = field(default_factory=threading.Event)
 
@@ -81,11 +95,24 @@ class Platform:
             plan.append(Child("beat", self._celery(
                 "beat", "-l", "INFO", "-s", str(self.data_dir / "celerybeat-schedule")), log_path("beat")))
         if self.flower:
-            self.flower_credentials = self.settings.flower_basic_auth or f"admin:{secrets.token_urlsafe(12)}"
+            if self.settings.flower_basic_auth:
+                self.flower_credentials = self.settings.flower_basic_auth
+            else:
+                self.flower_credentials_file = self.data_dir / FLOWER_CREDENTIALS_FILE
+                self.flower_credentials = generated_credentials(self.flower_credentials_file)
             plan.append(Child("flower", self._celery(
-                "flower", f"--port={self.settings.flower_port}", "--address=127.0.0.1",
-                f"--basic-auth={self.flower_credentials}"), log_path("flower")))
+                "flower", f"--port={self.settings.flower_port}", "--address=127.0.0.1"), log_path("flower"),
+                env={"FLOWER_BASIC_AUTH": self.flower_credentials}))
         return plan
+
+    def flower_login_hint(self) -> str:
+        """Where Flower's login is to be found, without the password."""
+        if not self.flower_credentials:
+            return "no login"
+        user = self.flower_credentials.split(":", 1)[0]
+        if self.flower_credentials_file is not None:
+            return f"user {user!r}, password in {self.flower_credentials_file}"
+        return f"user {user!r}, password from FLOWER_BASIC_AUTH"
 
     def _env(self) -> dict[str, str]:
         env = dict(os.environ)
@@ -97,7 +124,7 @@ class Platform:
     def _spawn(self, child: Child) -> None:
         out = open(child.log_path, "ab") if child.log_path else None
         child.process = subprocess.Popen(
-            child.argv, env=self._env(), stdin=subprocess.DEVNULL,
+            child.argv, env={**self._env(), **child.env}, stdin=subprocess.DEVNULL,
             stdout=out, stderr=subprocess.STDOUT if out else None, start_new_session=True)
         if out:
             out.close()
@@ -175,6 +202,35 @@ class Platform:
         if self._started_redis_pid:
             stop_embedded(self.settings, pid=self._started_redis_pid)
             self._started_redis_pid = None
+
+
+def generated_credentials(path: Path) -> str:
+    """The ``user:password`` kept in ``path``, generated and written (mode 0600) when there is none.
+
+    A file that is no regular file or holds no ``user:password`` is replaced;
+    one readable by others is made 0600 again.
+    """
+    try:
+        info = path.lstat()
+        if stat.S_ISREG(info.st_mode):
+            user, sep, password = path.read_text().strip().partition(":")
+            if sep and user and password and "," not in password:
+                if info.st_mode & 0o077:
+                    path.chmod(0o600)
+                return f"{user}:{password}"
+    except (OSError, UnicodeDecodeError):
+        pass
+    credentials = f"{FLOWER_USER}:{secrets.token_urlsafe(18)}"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    staged = path.with_name(f".{path.name}.{os.getpid()}")
+    fd = os.open(staged, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o600)
+    try:
+        os.fchmod(fd, 0o600)  # whatever the umask
+        os.write(fd, (credentials + "\n").encode())
+    finally:
+        os.close(fd)
+    os.replace(staged, path)
+    return credentials
 
 
 def _signal_group(process: subprocess.Popen, sig: int) -> None:

@@ -34,6 +34,7 @@ from __future__ import annotations
 import atexit
 import collections
 import hashlib
+import itertools
 import json
 import linecache
 import logging
@@ -49,7 +50,7 @@ from types import TracebackType
 from typing import Any
 
 from resilience.keys import keys
-from resilience.redact import redact, redact_text
+from resilience.redact import clip, redact_bounded, redact_text
 from resilience.settings import Settings, get_settings
 from resilience.store import get_redis, load_script
 
@@ -60,9 +61,19 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
-_MAX_MESSAGE = 2000
-_MAX_TRACEBACK = 8000
+_MAX_MESSAGE = 2000  # characters of a message that its fingerprint reads
 _MAX_FRAMES = 30
+
+#: What a record keeps at most, in bytes of JSON per field; a longer value is cut
+#: with a marker (``…[truncated N chars]``, ``…[N more items]``). Each value of
+#: ``context`` (a job's ``args``, its ``kwargs``, ...) is cut to
+#: MAX_CONTEXT_VALUE_BYTES first, then the whole context to MAX_CONTEXT_BYTES.
+#: The other fields are short (ids, names, the fingerprint, a time), so a record
+#: stays under 19 KiB.
+MAX_MESSAGE_BYTES = 2 * 1024
+MAX_TRACEBACK_BYTES = 8 * 1024
+MAX_CONTEXT_VALUE_BYTES = 2 * 1024
+MAX_CONTEXT_BYTES = 8 * 1024
 _WRITE_CHUNK = 500  # records per Lua call: a large backlog never blocks Redis for long
 
 _NORMALISERS = [
@@ -76,7 +87,7 @@ _NORMALISERS = [
 
 def normalise_message(message: str) -> str:
     """The message with its variable parts replaced, so repeats of one bug compare equal."""
-    text = redact_text(message or "")[:_MAX_MESSAGE]
+    text = redact_text(message or "", _MAX_MESSAGE)
     for pattern, placeholder in _NORMALISERS:
         text = pattern.sub(placeholder, text)
     return text.strip()
@@ -207,12 +218,12 @@ def _build(item: _Pending) -> dict[str, Any]:
         "component": item.component,
         "operation": item.operation,
         "error_type": item.error_type,
-        "error_message": redact_text(item.message)[:_MAX_MESSAGE],
+        "error_message": redact_bounded(item.message, MAX_MESSAGE_BYTES)[0],
         "job_id": item.job_id,
         "task": item.task,
         "worker": item.worker or socket.gethostname(),
         "fingerprint": fingerprint(item.operation, item.error_type, item.message, frames[-_MAX_FRAMES:]),
-        "context": redact(item.context),
+        "context": _bounded_context(item.context),
         "timestamp": item.now,
     }
     if item.frames:
@@ -221,8 +232,14 @@ def _build(item: _Pending) -> dict[str, Any]:
              for _, filename, line, func in item.frames])
         text = "Traceback (most recent call last):\n" + "".join(summary.format()) + \
             f"{item.error_type}: {item.message}"
-        record["traceback"] = redact_text(text)[-_MAX_TRACEBACK:]
+        record["traceback"] = redact_bounded(text, MAX_TRACEBACK_BYTES, tail=MAX_TRACEBACK_BYTES // 2)[0]
     return record
+
+
+def _bounded_context(context: dict[str, Any]) -> dict[str, Any]:
+    """``context`` redacted, each value within MAX_CONTEXT_VALUE_BYTES and the whole within MAX_CONTEXT_BYTES."""
+    values = {key: clip(value, MAX_CONTEXT_VALUE_BYTES) for key, value in itertools.islice(context.items(), 64)}
+    return redact_bounded(values, MAX_CONTEXT_BYTES)[0]
 
 
 def flush() -> int:

@@ -1,18 +1,20 @@
 """A tiny local webhook receiver: what ``resilience demo`` shows alerts with, and tests use.
 
 It listens on 127.0.0.1 (port 0 picks a free one) in a daemon thread, keeps
-every alert it receives with whether its signature verified, and answers 200
-(or ``status`` if set, to play a failing receiver).
+every alert it receives with whether it verified, and answers 200 (or
+``status`` if set, to play a failing receiver). It verifies as a receiver
+should: the timestamped signature, with replay protection
+(:func:`resilience.alerts.verify_request`, ``tolerance_sec``).
 """
 
 from __future__ import annotations
 
 import json
 import threading
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
-from resilience.alerts import SIGNATURE_HEADER, verify
+from resilience.alerts import DEFAULT_TOLERANCE_SEC, SIGNATURE_HEADER, verify_request
 from resilience.localserver import LocalHTTPServer, QuietHandler
 
 __all__ = ["ReceivedAlert", "WebhookReceiver"]
@@ -23,8 +25,9 @@ class ReceivedAlert:
     """One POST the receiver got."""
 
     body: bytes
-    signature: str | None
-    verified: bool | None  # None: no secret to check against
+    signature: str | None  # X-Resilience-Signature (over the body alone)
+    verified: bool | None  # the timestamped signature within the tolerance; None: no secret to check against
+    headers: dict[str, str] = field(default_factory=dict)
 
     @property
     def payload(self) -> dict[str, Any]:
@@ -34,8 +37,10 @@ class ReceivedAlert:
 class WebhookReceiver(LocalHTTPServer):
     """``with WebhookReceiver(secret) as receiver: ... receiver.url ... receiver.alerts``."""
 
-    def __init__(self, secret: str | None = None, *, host: str = "127.0.0.1", port: int = 0) -> None:
+    def __init__(self, secret: str | None = None, *, host: str = "127.0.0.1", port: int = 0,
+                 tolerance_sec: float = DEFAULT_TOLERANCE_SEC) -> None:
         self.secret = secret
+        self.tolerance_sec = tolerance_sec
         self.status = 200
         self.fail_first = 0  # answer this many POSTs with 503 first (a flaky receiver)
         self.attempts = 0
@@ -55,10 +60,11 @@ class WebhookReceiver(LocalHTTPServer):
                     self.send_header("Content-Length", "0")
                     self.end_headers()
                     return
-                signature = self.headers.get(SIGNATURE_HEADER)
-                verified = verify(body, signature, receiver.secret) if receiver.secret else None
+                verified = (verify_request(body, self.headers, receiver.secret, tolerance_sec=receiver.tolerance_sec)
+                            if receiver.secret else None)
                 with receiver._lock:
-                    receiver.alerts.append(ReceivedAlert(body, signature, verified))
+                    receiver.alerts.append(ReceivedAlert(body, self.headers.get(SIGNATURE_HEADER), verified,
+                                                         dict(self.headers.items())))
                 self.send_response(receiver.status)
                 self.send_header("Content-Length", "0")
                 self.end_headers()

@@ -19,6 +19,9 @@ from resilience.embedded import RedisServerProcess
 from resilience.settings import reset_settings
 from resilience.testing import start_private_redis
 
+# A user's project, run by tests/test_testing_plugin.py in a pytest of its own.
+collect_ignore = ["plugin_example"]
+
 _session_dir = Path(tempfile.mkdtemp(prefix="resilience-tests-"))
 os.environ["RESILIENCE_DATA_DIR"] = str(_session_dir / "data")
 for _name in list(os.environ):

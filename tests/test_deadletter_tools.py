@@ -171,7 +171,7 @@ def test_replay_all_with_filters_and_dry_run(r):
     push(r, entry("p1", task="tests.a"), entry("p2", task="tests.b"))
 
     assert dlq("replay", "--all", "--task", "tests.b", "--dry-run") == {
-        "matched": ["p2"], "done": [], "gone": [], "dry_run": True}
+        "matched": ["p2"], "done": [], "gone": [], "refused": [], "dry_run": True}
     assert r.llen("celery") == 0
     assert dlq("replay", "--all", "--task", "tests.b")["done"] == ["p2"]
     assert r.llen("celery") == 1 and [e.job_id for e in deadletter.list_entries()] == ["p1"]

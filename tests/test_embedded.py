@@ -68,3 +68,46 @@ def test_with_no_redis_url_the_app_uses_the_data_dirs_embedded_redis(tmp_path):
         assert first.stdout.strip() in recorded
     finally:
         stop_embedded(load_settings({"RESILIENCE_DATA_DIR": str(tmp_path / "data")}))
+
+
+def test_the_embedded_redis_is_private_to_its_user(tmp_path, data_settings):
+    """Issue 15: a generated password in a 0600 file, a 0700 data dir, 0600 files, dangerous commands off."""
+    url, pid = ensure_embedded(data_settings)
+    data = tmp_path / "data"
+    try:
+        password = (data / "redis.password").read_text().strip()
+        assert len(password) >= 32 and password in url
+        assert password not in Path(f"/proc/{pid}/cmdline").read_text()  # given on stdin, not argv
+        port = redis.connection.parse_url(url)["port"]
+        with pytest.raises(redis.AuthenticationError):
+            redis.Redis(port=port, protocol=2).ping()  # no password: refused
+        client = redis.Redis.from_url(url)
+        assert client.ping()
+        client.set("something", "kept")
+        for command in (("CONFIG", "GET", "dir"), ("MODULE", "LIST"), ("DEBUG", "SLEEP", "0"),
+                        ("REPLICAOF", "127.0.0.1", "1")):
+            with pytest.raises(redis.ResponseError, match="unknown command"):
+                client.execute_command(*command)
+        from resilience import spool
+
+        with pytest.MonkeyPatch.context() as patch:
+            patch.setattr(spool, "spool_dir", lambda: data)
+            spool.append("t", [1], {"card": "4111"}, "job-1", {})
+        assert stat_mode(data) == 0o700
+        for path in [data / "redis.json", data / "redis.password", data / "spool.sqlite3",
+                     *(p for p in (data / "redis").rglob("*") if p.is_file())]:
+            assert stat_mode(path) == 0o600, path
+        for path in (p for p in (data / "redis").rglob("*") if p.is_dir()):
+            assert stat_mode(path) == 0o700, path
+    finally:
+        stop_embedded(data_settings, pid=pid)
+    again, pid2 = ensure_embedded(data_settings)  # the same password across restarts: cached URLs keep working
+    try:
+        assert again == url
+        assert redis.Redis.from_url(again).get("something") == b"kept"
+    finally:
+        stop_embedded(data_settings, pid=pid2)
+
+
+def stat_mode(path: Path) -> int:
+    return path.stat().st_mode & 0o777

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -100,7 +101,54 @@ def test_resilience_up_runs_flower_with_basic_auth_and_workers_with_events(tmp_p
     from resilience.supervisor import Platform
 
     settings = load_settings({"FLOWER_BASIC_AUTH": f"{USER}:{PASSWORD}", "RESILIENCE_DATA_DIR": str(tmp_path)})
-    plan = {child.name: child.argv for child in Platform(settings=settings)._plan()}
-    assert f"--basic-auth={USER}:{PASSWORD}" in plan["flower"]
+    children = {child.name: child for child in Platform(settings=settings)._plan()}
+    plan = {name: child.argv for name, child in children.items()}
+    assert children["flower"].env["FLOWER_BASIC_AUTH"] == f"{USER}:{PASSWORD}"
+    assert not any(PASSWORD in arg for arg in plan["flower"]), "never on the command line (issue 15)"
     assert "--address=127.0.0.1" in plan["flower"]
     assert "-E" in plan["worker"]
+
+
+def _flower_pid(parent: int) -> int | None:
+    """The pid of a `celery ... flower` process started by ``parent`` (its direct child)."""
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            if int(stat.read_text().rsplit(")", 1)[1].split()[1]) != parent:
+                continue
+            argv = (stat.parent / "cmdline").read_bytes().split(b"\0")
+        except (OSError, ValueError, IndexError):
+            continue
+        if b"flower" in argv:
+            return int(stat.parent.name)
+    return None
+
+
+@pytest.mark.slow
+def test_resilience_up_never_shows_flowers_password_on_its_command_line_or_in_its_output(tmp_path):
+    """Issue 15: the password was on Flower's command line (visible in ps) and printed by `up`."""
+    data = tmp_path / "data"
+    port = free_port()
+    env = {k: v for k, v in os.environ.items() if k not in ("REDIS_URL", "FLOWER_BASIC_AUTH")}
+    env.update(RESILIENCE_DATA_DIR=str(data), FLOWER_PORT=str(port), HEALTH_PORT="0", PYTHONUNBUFFERED="1")
+    proc = subprocess.Popen([sys.executable, "-m", "resilience.cli", "up", "--no-beat", "-c", "1"], cwd=ROOT,
+                            env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        credentials = data / "flower-credentials"
+        wait_for(credentials.exists, timeout=60, message="the generated credentials file")
+        user, password = credentials.read_text().strip().split(":", 1)
+        assert oct(credentials.stat().st_mode & 0o777) == oct(0o600)
+        url = f"http://127.0.0.1:{port}/workers"
+        wait_for(lambda: httpx.get(url, timeout=2).status_code == 401, timeout=90, message="Flower to ask for a login")
+        assert httpx.get(url, auth=(user, password), timeout=10).status_code == 200
+        flower = _flower_pid(proc.pid)
+        assert flower is not None
+        assert password.encode() not in Path(f"/proc/{flower}/cmdline").read_bytes()
+        assert f"FLOWER_BASIC_AUTH={user}:{password}".encode() in Path(f"/proc/{flower}/environ").read_bytes()
+        proc.send_signal(signal.SIGINT)
+        output, _ = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(10)
+    assert password not in output
+    assert str(credentials) in output, output[-2000:]

@@ -12,7 +12,7 @@ import uuid
 import pytest
 
 from resilience import idempotency
-from resilience.errors import PayloadTooLarge, UnserializableArgument
+from resilience.errors import InvalidIdempotencyKey, PayloadTooLarge, UnserializableArgument
 from resilience.keys import keys
 from resilience.testing import SubprocessWorker, configure, in_process_worker, wait_for
 from tests import idempotency_jobs as jobs
@@ -90,6 +90,25 @@ def test_different_arguments_give_a_new_job(app, r):
     d = jobs.echo.apply_async((1,), idempotency_key="k-2")
     assert len({a.id, b.id, c.id, d.id}) == 4
     assert queued(app, r) == 4
+
+
+@pytest.mark.parametrize("blank", ["", "   ", "\t\n"], ids=["empty", "spaces", "whitespace"])
+def test_a_blank_idempotency_key_is_refused_and_nothing_is_claimed_or_enqueued(app, r, blank):
+    """Issue 15: an empty key used to be one real key shared by every caller passing it."""
+    with pytest.raises(InvalidIdempotencyKey, match="blank"):
+        jobs.echo.apply_async((1,), idempotency_key=blank)
+    assert queued(app, r) == 0
+    assert idempotency_keys(r) == []
+
+
+def test_an_idempotency_key_over_256_bytes_is_refused_naming_the_limit(app, r):
+    with pytest.raises(InvalidIdempotencyKey, match="257 bytes, over the limit of 256 bytes"):
+        jobs.echo.apply_async((1,), idempotency_key="k" * 257)
+    with pytest.raises(InvalidIdempotencyKey, match="258 bytes"):  # the limit counts UTF-8 bytes, not characters
+        jobs.echo.apply_async((1,), idempotency_key="é" * 129)
+    assert queued(app, r) == 0 and idempotency_keys(r) == []
+    longest = jobs.echo.apply_async((1,), idempotency_key="é" * 128)
+    assert r.get(keys().idempotency("é" * 128)) == longest.id
 
 
 def test_the_same_arguments_after_the_ttl_give_a_new_job(app, r):

@@ -63,9 +63,9 @@ def celery_command(ctx: click.Context) -> None:
 
 
 def _register() -> None:
-    from resilience.cli import breakers, demo, dlq, down, errors, health, status, sweep, up
+    from resilience.cli import breakers, demo, dlq, down, errors, health, spool, status, sweep, up
 
-    for module in (up, down, demo, status, dlq, breakers, errors, sweep, health):
+    for module in (up, down, demo, status, dlq, breakers, errors, sweep, health, spool):
         main.add_command(module.command)
         celery_command.add_command(module.command)
 

@@ -110,7 +110,8 @@ def _report(outcome: deadletter.Outcome, verb: str, as_json: bool) -> None:
         for job_id in outcome.matched:
             click.echo(f"  {job_id}")
         return
-    click.echo(f"{verb}: {len(outcome.done)} done, {len(outcome.gone)} already gone")
+    refused = f", {len(outcome.refused)} refused (arguments cut when stored)" if outcome.refused else ""
+    click.echo(f"{verb}: {len(outcome.done)} done, {len(outcome.gone)} already gone{refused}")
 
 
 @command.command(name="replay", help="Re-enqueue jobs as fresh attempts (same job id) and remove their entries.")

@@ -14,15 +14,14 @@ from resilience.logconfig import setup_cli_logging
 @click.option("--no-beat", is_flag=True, help="Do not start beat.")
 def command(concurrency: int, no_flower: bool, no_beat: bool) -> None:
     from resilience.cli.context import app_spec
+    from resilience.settings import masked_url
     from resilience.supervisor import Platform
 
     setup_cli_logging()
     platform = Platform(app_spec=app_spec(), concurrency=concurrency, flower=not no_flower,
                         beat=not no_beat).start()
-    click.echo(f"Redis:  {platform.redis_url}")
-    if platform.flower_credentials:
-        user = platform.flower_credentials.split(":", 1)[0]
-        click.echo(f"Flower: http://127.0.0.1:{platform.settings.flower_port}  (user {user!r}; "
-                   f"password from FLOWER_BASIC_AUTH or shown once here: {platform.flower_credentials})")
+    click.echo(f"Redis:  {masked_url(platform.redis_url or '')}")
+    if platform.flower_credentials:  # where the password is, never the password
+        click.echo(f"Flower: http://127.0.0.1:{platform.settings.flower_port}  ({platform.flower_login_hint()})")
     click.echo("Press Ctrl-C to stop.")
     platform.run_forever()

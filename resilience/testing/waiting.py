@@ -1,0 +1,44 @@
+"""Waiting on conditions with a deadline: tests never sleep to synchronise."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from typing import TypeVar
+
+__all__ = ["hold_outage", "wait_for"]
+
+T = TypeVar("T")
+
+
+def wait_for(predicate: Callable[[], T], timeout: float = 10.0, interval: float = 0.05,
+             message: str | Callable[[], str] = "condition") -> T:
+    """Poll ``predicate`` until it returns a truthy value; fail after ``timeout`` s.
+
+    Exceptions raised by the predicate count as "not yet" (the last one is
+    reported on timeout), so a check may talk to a Redis that is coming back.
+    """
+    deadline = time.monotonic() + timeout
+    last_error: BaseException | None = None
+    while True:
+        try:
+            value = predicate()
+            if value:
+                return value
+        except Exception as err:  # noqa: BLE001 - reported below
+            last_error = err
+        if time.monotonic() >= deadline:
+            text = message() if callable(message) else message
+            detail = f" (last error: {last_error!r})" if last_error else ""
+            raise AssertionError(f"timed out after {timeout}s waiting for {text}{detail}")
+        time.sleep(interval)
+
+
+def hold_outage(seconds: float) -> None:
+    """Keep Redis away for a scenario's stated duration.
+
+    An outage's length is part of the scenario (a 5 s outage, one longer than
+    the clients' retries), not synchronisation: tests wait on conditions with
+    :func:`wait_for`, and use this only to say how long Redis stays down.
+    """
+    time.sleep(seconds)
