@@ -5,7 +5,7 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: demo up test test-fast bench clean
+.PHONY: demo up test test-fast bench celery-compat clean
 
 $(STAMP): pyproject.toml
 	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "Python 3.11+ is required")'
@@ -30,5 +30,14 @@ test-fast: $(STAMP)
 bench: $(STAMP)
 	$(BIN)/python -m benchmarks
 
+# Celery's own integration tests (test_tasks.py, test_canvas.py; downloaded at run time)
+# on a plain app and on the platform, side by side. 20-30 minutes a run; not part of `make test`.
+$(VENV)/.compat-installed: $(STAMP)
+	$(BIN)/python -m pip install --quiet -e '.[test,compat]'
+	@touch $@
+
+celery-compat: $(VENV)/.compat-installed
+	$(BIN)/python -m compat
+
 clean:
-	rm -rf $(VENV) .resilience build *.egg-info
+	rm -rf $(VENV) .resilience .compat build *.egg-info

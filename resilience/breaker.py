@@ -447,8 +447,11 @@ def park(task, args, kwargs, exc: CircuitOpenError) -> NoReturn:
     wait = exc.retry_after_sec if exc.retry_after_sec is not None else get_breaker(exc.breaker).reset_timeout
     delay = max(0.2, wait) + random.uniform(0, get_settings().breaker_park_jitter_sec)
     request = task.request
-    task.signature_from_request(request, args, kwargs, countdown=delay,
-                                retries=request.retries or 0).apply_async()
+    from resilience.submission import republishing
+
+    with republishing("park"):  # the same publish, later
+        task.signature_from_request(request, args, kwargs, countdown=delay,
+                                    retries=request.retries or 0).apply_async()
     try:
         get_redis().hincrby(_stats_key(), f"{exc.breaker}:parked", 1)
     except redis.RedisError:  # the count is for views only

@@ -7,8 +7,9 @@
     │   ├── SettingsError           a malformed environment variable (names it)
     │   └── UnknownTaskOption       a task declared with an option nobody reads
     ├── PermanentError              raised by a job: never retry, dead-letter now
+    │   └── PoisonJob               the job's deliveries kept killing their worker
     ├── SubmissionError             a job could not be submitted; nothing enqueued
-    │   ├── UnserializableArgument  an argument is not JSON (names it)
+    │   ├── UnserializableArgument  the serializer cannot encode an argument (names it)
     │   ├── PayloadTooLarge         the message exceeds the size limit
     │   ├── InvalidIdempotencyKey   an idempotency key that is blank or too long
     │   ├── BrokerUnavailable       Redis unreachable and spooling is off
@@ -69,17 +70,28 @@ class PermanentError(ResilienceError):
     """Raised by a job to say retrying cannot help; the job is dead-lettered at once."""
 
 
+class PoisonJob(PermanentError):
+    """The job's deliveries kept killing their pool process; it was dead-lettered without a run.
+
+    Raised in the delivery that finds it out, so Celery stores the job's
+    FAILURE and calls its ``link_error`` callbacks, as for any job that failed
+    for good.
+    """
+
+
 class SubmissionError(ResilienceError):
     """A job could not be submitted; nothing was enqueued."""
 
 
 class UnserializableArgument(SubmissionError, TypeError):
-    """A job argument cannot be encoded as JSON."""
+    """A job argument cannot be encoded by the task's serializer (JSON by default)."""
 
-    def __init__(self, task: str, argument: str, detail: str) -> None:
+    def __init__(self, task: str, argument: str, detail: str, serializer: str = "json") -> None:
         self.task = task
         self.argument = argument
-        super().__init__(f"task {task!r}: argument {argument} is not JSON-serialisable ({detail})")
+        self.serializer = serializer
+        what = "JSON-serialisable" if serializer == "json" else f"encodable with the {serializer!r} serializer"
+        super().__init__(f"task {task!r}: argument {argument} is not {what} ({detail})")
 
 
 class PayloadTooLarge(SubmissionError, ValueError):

@@ -13,6 +13,20 @@ A record is keyed by job id: a redelivered message keeps its task id, so a
 redelivery after a lost ack, a visibility timeout or a worker crash finds the
 record of the first delivery. A message that carries an idempotency key owned
 by another job is a duplicate of that job and is not run either.
+
+Celery itself publishes under a used id on purpose (a chord body, ``replace()``,
+a frozen signature applied again, ``task_id=`` given again), and plain Celery
+runs each such publish. To tell those from deliveries of the same publish,
+every publish through the submit path carries its own token in the
+``resilience_publish`` header (:data:`PUBLISH_HEADER`), kept by every
+re-publish of that message: kombu's redelivery and restore, the hand-over,
+the sweep's requeue (from the ``jobs:active`` entry), the spool, a publish
+retry, and the platform's own retry, deferral and parking. The record keeps
+the token of the publish it belongs to: a delivery of that publish runs at
+most once, a delivery of another publish runs as a new job (never alongside a
+live run of the id), and a delivery of a publish the record has moved past is
+stale. Messages without a token (older producers, ``send_task``) follow the
+record as before.
 """
 
 from __future__ import annotations
@@ -31,11 +45,23 @@ from resilience.keys import keys
 from resilience.settings import get_settings
 from resilience.store import get_redis, load_script
 
-__all__ = ["Decision", "begin", "finish", "progress", "job_state", "active_jobs"]
+__all__ = ["Decision", "PUBLISH_HEADER", "begin", "finish", "progress", "job_state", "active_jobs", "publish_token_of"]
 
 log = logging.getLogger(__name__)
 
 RUN, DONE, DEAD, STALE, BUSY, DUPLICATE = "run", "done", "dead", "stale", "busy", "duplicate"
+
+#: The message header naming the publish a delivery belongs to.
+PUBLISH_HEADER = "resilience_publish"
+
+
+def new_publish_token() -> str:
+    return uuid.uuid4().hex[:16]
+
+
+def publish_token_of(request) -> str | None:
+    """The publish token of the message behind ``request`` (None for messages without one)."""
+    return getattr(request, PUBLISH_HEADER, None) or None
 
 
 @dataclass(frozen=True)
@@ -85,6 +111,7 @@ def registry_entry(task, args, kwargs, now: float) -> dict[str, Any]:
         "exchange": delivery.get("exchange"),
         "delivery_tag": properties.get("delivery_tag"),
         "idempotency_key": getattr(request, "idempotency_key", None),
+        "publish": publish_token_of(request),
         "args": list(args),
         "kwargs": dict(kwargs),
     }
@@ -113,7 +140,7 @@ def begin(task, args, kwargs, *, now: float | None = None) -> Decision:
                 json.dumps(entry, default=str), repr(now + entry["timeout"]),
                 settings.idempotency_ttl_sec, int(guard), int(registry),
                 settings.worker_heartbeat_timeout_sec, int(registry),
-                progress_timeout_of(task), token,
+                progress_timeout_of(task), token, entry["publish"] or "",
             ],
         )
     except Exception as err:

@@ -3,9 +3,13 @@
 :func:`publish_guarded` wraps every non-delayed publish of
 :mod:`resilience.submission`:
 
-* it never holds the caller longer than ``PUBLISH_TIMEOUT_SEC``: the publish
-  runs on a helper thread and the caller waits at most that long, so even a
-  frozen Redis (SIGSTOP, no socket error ever) cannot hang ``.delay()``;
+* it never holds the caller longer than ``PUBLISH_TIMEOUT_SEC``: Celery's
+  ``apply_async`` runs on the caller's thread, with Celery's per-thread
+  context (the thread's result backend, the task it is running, so parent
+  and root ids and ``result.children`` are right), through a producer whose
+  network publish alone runs on a helper thread (:class:`BoundedProducer`);
+  the caller waits at most that long for it, so even a frozen Redis
+  (SIGSTOP, no socket error ever) cannot hang ``.delay()``;
 * when the publish fails or times out, ``PUBLISH_OUTAGE_MODE=spool`` (default)
   writes the job to the local spool (:mod:`resilience.spool`) and returns its
   ``AsyncResult`` at once; ``raise`` raises
@@ -18,16 +22,20 @@
   Redis answers, reconnecting with capped exponential backoff and jitter.
 
 A publish that timed out may still complete later on its helper thread; the
-job is then published twice under one job id and the execution guard runs its
-body once. With ``FEATURE_ENHANCED_REDIS=false`` this module is a pass-through.
+job is then published twice under one job id (the same publish, with the same
+publish token) and the execution guard runs its body once. With
+``FEATURE_ENHANCED_REDIS=false`` this module is a pass-through.
 """
 
 from __future__ import annotations
 
 import atexit
 import concurrent.futures
+import contextlib
+import contextvars
 import logging
 import threading
+import time
 from datetime import datetime
 from collections.abc import Callable
 from typing import Any
@@ -41,8 +49,8 @@ from resilience.settings import Settings, get_settings
 
 log = logging.getLogger(__name__)
 
-__all__ = ["publish_guarded", "call_bounded", "Flusher", "flusher", "SpoolWatch", "SpoolWatchStep",
-           "report_spool_left", "install"]
+__all__ = ["publish_guarded", "call_bounded", "within_deadline", "BoundedProducer", "Flusher", "flusher",
+           "SpoolWatch", "SpoolWatchStep", "report_spool_left", "install"]
 
 _executor_lock = threading.Lock()
 _executor: concurrent.futures.ThreadPoolExecutor | None = None
@@ -65,6 +73,85 @@ def publish_bounded(publish: Callable[[], Any], timeout: float) -> Any:
         raise TimeoutError(f"publish did not complete within {timeout}s") from None
 
 
+#: The monotonic time by which this thread's guarded publish must be done (unset outside one).
+_deadline: contextvars.ContextVar[float | None] = contextvars.ContextVar("resilience_publish_deadline",
+                                                                        default=None)
+
+
+def _remaining() -> float | None:
+    deadline = _deadline.get()
+    return None if deadline is None else max(0.0, deadline - time.monotonic())
+
+
+def within_deadline(call: Callable[[], Any]) -> Any:
+    """``call()``, bounded by the current guarded publish's deadline when there is one.
+
+    The network step of a publish (the broker write, the delayed run's script)
+    goes through here: inside :func:`publish_guarded` it runs on a helper
+    thread for at most the time left, anywhere else it runs as it is.
+    """
+    remaining = _remaining()
+    if remaining is None:
+        return call()
+    return publish_bounded(call, remaining)
+
+
+class BoundedProducer:
+    """A kombu producer whose ``publish`` is bounded by the guarded publish's deadline.
+
+    Everything else (building the message, signals, the caller's context)
+    stays on the caller's thread; only the write to the broker, with kombu's
+    own publish retries, runs on a helper thread. A publish that outlives the
+    deadline is left to finish there (:attr:`abandoned`).
+    """
+
+    def __init__(self, producer) -> None:
+        self._producer = producer
+        self.abandoned: concurrent.futures.Future | None = None
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._producer, name)
+
+    def __bool__(self) -> bool:
+        return True
+
+    def publish(self, *args: Any, **kwargs: Any) -> Any:
+        remaining = _remaining()
+        if remaining is None:
+            return self._producer.publish(*args, **kwargs)
+        future = _publisher().submit(self._producer.publish, *args, **kwargs)
+        try:
+            return future.result(timeout=remaining)
+        except concurrent.futures.TimeoutError:
+            self.abandoned = future
+            raise TimeoutError("publish did not complete within PUBLISH_TIMEOUT_SEC") from None
+
+
+@contextlib.contextmanager
+def _bounded(app, producer, timeout: float):
+    """This thread's publish deadline, and a bounded producer (the caller's, or one from the app's pool)."""
+    token = _deadline.set(time.monotonic() + timeout)
+    pooled = None
+    bounded = None
+    try:
+        if producer is None:
+            try:
+                pooled = app.producer_pool.acquire(block=True, timeout=timeout)
+            except app.producer_pool.LimitExceeded:
+                raise TimeoutError(f"no broker connection free within {timeout}s") from None
+            producer = pooled
+        bounded = BoundedProducer(producer)
+        yield bounded
+    finally:
+        _deadline.reset(token)
+        if pooled is not None:
+            if bounded is not None and bounded.abandoned is not None:
+                # Still publishing on its helper thread: back to the pool once that is over.
+                bounded.abandoned.add_done_callback(lambda _: pooled.release())
+            else:
+                pooled.release()
+
+
 def call_bounded(call: Callable[[], Any]) -> Any:
     """``call()`` waited for at most ``PUBLISH_TIMEOUT_SEC`` (with ``FEATURE_ENHANCED_REDIS`` on)."""
     settings = get_settings()
@@ -73,25 +160,30 @@ def call_bounded(call: Callable[[], Any]) -> Any:
     return publish_bounded(call, settings.publish_timeout_sec)
 
 
-def publish_guarded(task, args, kwargs, job_id: str, options: dict[str, Any], publish: Callable[[], Any],
-                    *, unreachable: BaseException | None = None):
+def publish_guarded(task, args, kwargs, job_id: str, options: dict[str, Any], publish: Callable[[Any], Any],
+                    *, producer=None, unreachable: BaseException | None = None):
     """Publish within ``PUBLISH_TIMEOUT_SEC``; spool or raise when Redis is unreachable.
 
-    ``unreachable`` is an outage the caller already met on its way here (the
-    idempotency claim): the job is then spooled (or refused) without a second wait.
+    ``publish(producer)`` publishes the job on the caller's thread through
+    ``producer``, a :class:`BoundedProducer` around the caller's ``producer``
+    (or one from the app's pool); network steps other than the broker write
+    go through :func:`within_deadline`. ``unreachable`` is an outage the
+    caller already met on its way here (the idempotency claim): the job is
+    then spooled (or refused) without a second wait.
     """
     settings = get_settings()
     if not settings.feature_enhanced_redis:
         if unreachable is not None:
             raise unreachable
-        return publish()
+        return publish(producer)
     spooling = settings.publish_outage_mode == "spool"
     if spooling and (flusher().busy() or connection.is_down("broker")):
         return _spool(task, args, kwargs, job_id, options, reason="jobs already wait in the spool")
     try:
         if unreachable is not None:
             raise unreachable
-        result = publish_bounded(publish, settings.publish_timeout_sec)
+        with _bounded(task.app, producer, settings.publish_timeout_sec) as bounded:
+            result = publish(bounded)
     except Exception as err:
         if not connection.is_outage(err):
             raise
@@ -109,11 +201,18 @@ def _spool(task, args, kwargs, job_id: str, options: dict[str, Any], *, reason: 
     options = {k: v for k, v in options.items() if k not in {"producer", "connection"}}
     if isinstance(options.get("eta"), datetime):
         options["eta"] = options["eta"].isoformat()
+    parent = task.app.current_worker_task
+    if parent is not None:  # its place in the task tree, as Celery's publish would record it
+        options["parent_id"] = options.get("parent_id") or parent.request.id
+        options["root_id"] = options.get("root_id") or parent.request.root_id or parent.request.id
     n = spool.append(task.name, args, kwargs, job_id, options)
     log.info("spooled job %s of %s (%d waiting): %s", job_id, task.name, n, reason)
     _report_spool_at_exit()
     flusher().wake()
-    return task.AsyncResult(job_id)
+    result = task.AsyncResult(job_id)
+    if parent is not None and options.get("add_to_parent", True):
+        parent.add_trail(result)
+    return result
 
 
 _exit_report_registered = False

@@ -1,7 +1,7 @@
 """The worker-side request class of ``ResilientTask``.
 
-It runs in the worker's main process. It hands the worker id to the job (see
-``__init__``). When a pool process dies in the middle
+It runs in the worker's main process. It hands the worker id to the job, and
+a durable delayed run's due time as ``request.eta`` (see ``__init__``). When a pool process dies in the middle
 of a job (``WorkerLostError``: killed, out of memory, segfault), Celery
 requeues the message (``task_reject_on_worker_lost``). Before that we mark the
 job's execution record "crashed", keeping its delivery count, so the
@@ -37,6 +37,13 @@ class ResilientRequest(Request):
         from resilience.identity import worker_id
 
         self._request_dict["resilience_worker"] = worker_id(self._hostname)
+        # A durable delayed run is a plain message once due; the job still sees its eta, as
+        # from an ETA message (the worker itself must not hold it: it is due).
+        from resilience.scheduler import ETA_HEADER
+
+        due = self._request_dict.get(ETA_HEADER)
+        if due and not self._request_dict.get("eta"):
+            self._request_dict["eta"] = due
 
     def _lost_worker(self, exc) -> bool:
         """Whether the pool process died under the job (Celery wraps or reports it as an exit)."""

@@ -11,7 +11,8 @@ fails for a connection reason and up when one succeeds, like ``broker`` and
 :func:`install` selects it through Celery's ``<backend class>+<url>`` form
 (``app.backend_cls``) for ``redis://`` and ``rediss://`` result backends when
 ``FEATURE_ENHANCED_REDIS`` is on; the URL and every other setting stay as
-configured.
+configured. A producer's subscription to a job's result is bounded like the
+publish itself (``PUBLISH_TIMEOUT_SEC``).
 """
 
 from __future__ import annotations
@@ -29,6 +30,18 @@ class TrackedRedisBackend(RedisBackend):
     def _create_client(self, **params):
         params.setdefault("retry", TrackedRetry("result_backend", NoBackoff(), 0))
         return super()._create_client(**params)
+
+    def on_task_call(self, producer, task_id):
+        """Subscribe to the job's result as Celery does, within the guarded publish's deadline.
+
+        The subscription may connect (or health-check) the result consumer's
+        connection, which a frozen Redis would hold for the socket timeout;
+        the consumer takes its own lock, so the step may run on the bounded
+        publish's helper thread (:func:`resilience.outage.within_deadline`).
+        """
+        from resilience.outage import within_deadline
+
+        within_deadline(lambda: super(TrackedRedisBackend, self).on_task_call(producer, task_id))
 
 
 def install(app, settings: Settings) -> None:

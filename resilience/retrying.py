@@ -28,7 +28,7 @@ from celery.exceptions import Ignore, MaxRetriesExceededError
 
 from resilience import deadletter, executions
 from resilience.backoff import ExponentialBackoff
-from resilience.errors import PermanentError
+from resilience.errors import PermanentError, PoisonJob
 from resilience.settings import get_settings
 
 log = logging.getLogger(__name__)
@@ -142,18 +142,22 @@ def skip(task, decision: executions.Decision):
 def defer(task, delay: float):
     """Re-publish the delivery behind ``task.request`` ``delay`` seconds later, as it is."""
     request = task.request
-    from resilience import scheduler
+    from resilience.submission import republishing
 
     signature = task.signature_from_request(request, countdown=delay, retries=request.retries or 0)
-    with scheduler.detached():  # the running job's records belong to the first run
+    with republishing("defer"):  # the same delivery later; the running job's records belong to the first run
         return signature.apply_async()
 
 
 def bury_poison(task, args, kwargs, decision: executions.Decision):
-    """A job whose deliveries keep killing their worker: dead-letter it."""
+    """A job whose deliveries keep killing their worker: dead-letter it, and fail it as Celery would.
+
+    Raises :class:`~resilience.errors.PoisonJob`: Celery stores the job's
+    FAILURE and calls its ``link_error`` callbacks (a chain's or chord's too).
+    """
     reason = f"poison job: {decision.deliveries - 1} deliveries killed their worker"
     deadletter.bury(task, args, kwargs, None, reason)
-    raise Ignore()
+    raise PoisonJob(reason)
 
 
 def install(app, settings) -> None:

@@ -20,14 +20,13 @@ crash loses it. Here a delayed run never becomes a message until it is due:
   (:mod:`resilience.quarantine`): it never holds back the runs behind it.
 
 A worker crash or restart while a run waits loses nothing, and a delay longer
-than the visibility timeout runs the job once. ``FEATURE_SMART_RETRY=false``
+than the visibility timeout runs the job once. The job sees its due time as
+``self.request.eta``, as it would from an ETA message. ``FEATURE_SMART_RETRY=false``
 gives Celery's ETA messages back.
 """
 
 from __future__ import annotations
 
-import contextlib
-import contextvars
 import json
 import logging
 import os
@@ -53,6 +52,10 @@ log = logging.getLogger(__name__)
 
 #: A ``jobs:scheduled:payloads`` record: the queue list key and the kombu envelope (JSON) to push there.
 DELAYED_RUN = Shape({"queue": TEXT, "message": TEXT}, required=("queue", "message"))
+
+
+#: The header carrying a durable delayed run's due time (ISO 8601, UTC) to ``self.request.eta``.
+ETA_HEADER = "resilience_eta"
 
 
 def wants_delay(options: dict) -> bool:
@@ -90,8 +93,10 @@ def _capture_channel(app):
         _drop_capture()
         from kombu.utils.json import dumps
 
+        from resilience.outage import within_deadline
+
         conn = app.connection_for_write()
-        channel = conn.default_channel
+        channel = within_deadline(lambda: conn.default_channel)  # kombu's Redis channel pings on creation
         captured: list[tuple[str, str]] = []
 
         def _put(queue, message, **kwargs):
@@ -139,22 +144,6 @@ def capture_message(app, send: Callable[[Any], Any]) -> tuple[str, str]:
     return captured[0]
 
 
-#: Set while a delivery re-publishes itself without ending the job's run (a
-#: duplicate deferred while the first run goes on): the run's record and
-#: registry entry belong to that other run and must not be touched.
-_detached: contextvars.ContextVar[bool] = contextvars.ContextVar("resilience_detached", default=False)
-
-
-@contextlib.contextmanager
-def detached():
-    """Re-publish the current delivery as a copy that leaves the running job's records alone."""
-    token = _detached.set(True)
-    try:
-        yield
-    finally:
-        _detached.reset(token)
-
-
 def schedule(task, args, kwargs, job_id: str, options: dict, fallback: Callable, *, now: float | None = None):
     """Keep a delayed run in Redis until due; returns the job's ``AsyncResult``.
 
@@ -165,7 +154,11 @@ def schedule(task, args, kwargs, job_id: str, options: dict, fallback: Callable,
     """
     settings = get_settings()
     request = task.request
-    retry = (not request.called_directly) and request.id == job_id and not _detached.get()
+    from resilience.submission import republish_of_current
+
+    # The running job's retry (or parking) closes its run in the same step; a deferred
+    # duplicate leaves the records of the run it waits for alone.
+    retry = republish_of_current(task, job_id) in {"retry", "park"}
     if not settings.feature_smart_retry or task.app.conf.task_always_eager:
         result = fallback()
         if retry:
@@ -177,8 +170,12 @@ def schedule(task, args, kwargs, job_id: str, options: dict, fallback: Callable,
     now = time.time() if now is None else now
     due = due_time(options, now)
 
+    # The run's due time travels in a header that the worker shows the job as ``self.request.eta``
+    # (resilience.request), as Celery's ETA message would, without holding the message until then.
+    headers = {**(options.get("headers") or {}), ETA_HEADER: datetime.fromtimestamp(due, timezone.utc).isoformat()}
+
     def send(producer):  # Celery's own publish (links, headers, routing), undelayed, into the capture
-        return fallback(producer=producer, countdown=None, eta=None, retry=False)
+        return fallback(producer=producer, countdown=None, eta=None, retry=False, headers=headers)
 
     queue_key, envelope = capture_message(task.app, send)
     from resilience.executions import owner_of
@@ -186,14 +183,16 @@ def schedule(task, args, kwargs, job_id: str, options: dict, fallback: Callable,
     k = keys()
     transport = dict(task.app.conf.broker_transport_options or {})
     properties = (getattr(request, "properties", None) or {}) if retry else {}
-    load_script("schedule")(
+    from resilience.outage import within_deadline
+
+    within_deadline(lambda: load_script("schedule")(
         keys=[k.scheduled, k.scheduled_payloads, k.job_state(job_id), k.active, k.active_deadlines,
               k.kombu_unacked(transport), k.kombu_unacked_index(transport)],
         args=[job_id, repr(due), json.dumps({"queue": queue_key, "message": envelope}), int(retry),
               owner_of(task) if retry else "", int(options.get("retries") or 0), repr(now),
               settings.idempotency_ttl_sec, int(settings.feature_idempotency),
               properties.get("delivery_tag") or ""],
-    )
+    ))
     return task.AsyncResult(job_id)
 
 

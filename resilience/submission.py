@@ -2,10 +2,14 @@
 
 ``ResilientTask.apply_async`` calls :func:`submit`. In order:
 
-1. the arguments must encode as JSON within ``MAX_PAYLOAD_BYTES``; otherwise
-   the caller gets :class:`~resilience.errors.UnserializableArgument` (naming
-   the argument) or :class:`~resilience.errors.PayloadTooLarge`, and nothing is
-   enqueued;
+1. a ``pydantic=True`` task's model arguments are dumped as Celery's
+   ``apply_async`` dumps them; then the arguments must be encodable by the
+   task's serializer (the app's ``task_serializer`` unless the task or the
+   call names another; for JSON, kombu's JSON with its registered types:
+   ``bytes``, ``datetime``, ``date``, ``time``, ``Decimal``, ``UUID``) within
+   ``MAX_PAYLOAD_BYTES``; otherwise the caller gets
+   :class:`~resilience.errors.UnserializableArgument` (naming the argument)
+   or :class:`~resilience.errors.PayloadTooLarge`, and nothing is enqueued;
 2. with an idempotency key (given, or derived for ``idempotent=True`` tasks)
    the key is claimed atomically; a duplicate returns the original job;
 3. the message is published (delayed runs are kept durably in Redis, and a
@@ -15,70 +19,125 @@
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import json
 import uuid
 from datetime import datetime, timedelta, timezone
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
+
+from kombu import serialization
+from kombu.exceptions import SerializerNotInstalled
+from kombu.utils import json as kombu_json
 
 from resilience.errors import PayloadTooLarge, UnserializableArgument
 from resilience.settings import get_settings
 
-__all__ = ["submit", "validate_arguments", "canonical_json"]
+__all__ = ["submit", "validate_arguments", "canonical_json", "serializer_of", "republishing",
+           "republish_of_current"]
 
 
 def canonical_json(value: Any) -> str:
     """JSON that is the same for the same arguments, in any process or Python version.
 
-    What counts as the same (it is what the worker will receive, since
-    messages are JSON): mapping keys are sorted, so kwarg order does not
-    matter, and non-string keys become strings as JSON makes them
-    (``{1: "a"}`` equals ``{"1": "a"}``); tuples and lists are the same;
-    numbers are JSON numbers, so ``1`` and ``1.0`` differ, and so do ``1``
-    and ``True``; floats are written with Python's shortest round-trip repr;
-    text is escaped to ASCII (``\\u00e9``), so the bytes do not depend on the
-    locale, but Unicode is not normalised (NFC and NFD spellings differ);
-    NaN and infinities are rejected.
+    What counts as the same is what the worker receives, as kombu's JSON
+    delivers it: mapping keys are sorted, so kwarg order does not matter, and
+    non-string keys become strings as JSON makes them (``{1: "a"}`` equals
+    ``{"1": "a"}``); tuples and lists are the same; numbers are JSON numbers,
+    so ``1`` and ``1.0`` differ, and so do ``1`` and ``True``; floats are
+    written with Python's shortest round-trip repr; text is escaped to ASCII
+    (``\\u00e9``), so the bytes do not depend on the locale, but Unicode is
+    not normalised (NFC and NFD spellings differ); NaN and infinities are
+    rejected. The types kombu's JSON carries are written as kombu writes them,
+    ``{"__type__": T, "__value__": V}``: ``bytes`` as its UTF-8 text (T
+    ``bytes``) or, when it is not UTF-8, base64 (T ``base64``); ``datetime``,
+    ``date`` and ``time`` as ``isoformat()`` (so a naive and an aware time
+    differ, and so do two offsets for one instant); ``Decimal`` as ``str()``
+    (``Decimal("1.0")`` and ``Decimal("1.00")`` differ, as they do delivered);
+    ``UUID`` as ``{"hex": ...}``.
     """
+    dump = dict(cls=kombu_json.JSONEncoder, sort_keys=True, separators=(",", ":"), ensure_ascii=True,
+                allow_nan=False)
     try:
-        return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=True, allow_nan=False)
+        return json.dumps(value, **dump)
     except TypeError:
         # mixed key types (``{1: .., "a": ..}``) cannot be sorted: normalise them as JSON does first
-        plain = json.loads(json.dumps(value, allow_nan=False))
-        return json.dumps(plain, sort_keys=True, separators=(",", ":"), ensure_ascii=True, allow_nan=False)
+        plain = json.loads(json.dumps(value, cls=kombu_json.JSONEncoder, allow_nan=False))
+        return json.dumps(plain, **dump)
 
 
-def _check(task_name: str, label: str, value: Any) -> None:
+def serializer_of(task, options: dict[str, Any]) -> str:
+    """The serializer a submission is published with: call > task > ``task_serializer``."""
+    return options.get("serializer") or getattr(task, "serializer", None) or task.app.conf.task_serializer
+
+
+def _encode(value: Any, serializer: str) -> str | bytes:
+    if serializer == "json":
+        # kombu's JSON (with its registered types), minus NaN and infinities, which are not JSON
+        return kombu_json.dumps(value, allow_nan=False)
+    return serialization.dumps(value, serializer=serializer)[2]
+
+
+def _check(task_name: str, label: str, value: Any, serializer: str) -> None:
     try:
-        json.dumps(value, allow_nan=False)
-    except (TypeError, ValueError) as err:
-        raise UnserializableArgument(task_name, label, str(err)) from None
+        _encode(value, serializer)
+    except Exception as err:  # noqa: BLE001 - whatever the serializer raises, name the argument
+        detail = str(err.__cause__ or err)  # kombu wraps the serializer's own error
+        raise UnserializableArgument(task_name, label, detail, serializer) from None
 
 
-def validate_arguments(task_name: str, args, kwargs) -> int:
-    """Raise naming the first argument that is not JSON; return the encoded size."""
+def validate_arguments(task_name: str, args, kwargs, serializer: str = "json") -> int:
+    """Raise naming the first argument ``serializer`` cannot encode; return the encoded size."""
     args = list(args or ())
     kwargs = dict(kwargs or {})
     try:
-        encoded = json.dumps([args, kwargs], allow_nan=False)
-    except (TypeError, ValueError):
+        encoded = _encode([args, kwargs], serializer)
+    except SerializerNotInstalled:
+        raise
+    except Exception:
         for index, value in enumerate(args):
-            _check(task_name, f"args[{index}]", value)
+            _check(task_name, f"args[{index}]", value, serializer)
         for name, value in kwargs.items():
             if not isinstance(name, str):
-                raise UnserializableArgument(task_name, f"kwargs key {name!r}", "keys must be strings") from None
-            _check(task_name, f"kwargs[{name!r}]", value)
+                raise UnserializableArgument(task_name, f"kwargs key {name!r}", "keys must be strings",
+                                             serializer) from None
+            _check(task_name, f"kwargs[{name!r}]", value, serializer)
         raise
-    size = len(encoded.encode())
+    size = len(encoded) if isinstance(encoded, bytes) else len(encoded.encode())
     limit = get_settings().max_payload_bytes
     if size > limit:
         raise PayloadTooLarge(f"task {task_name!r}: arguments are {size} bytes, over MAX_PAYLOAD_BYTES={limit}")
     return size
 
 
-def _is_resubmission_of_current(task, task_id: str | None) -> bool:
-    """A retry (or a deferral) re-publishes the running job under its own id."""
-    return task_id is not None and not task.request.called_directly and task.request.id == task_id
+#: Set while the platform re-publishes the running job: ``"retry"`` (``Task.retry``, the
+#: next attempt), ``"defer"`` (a busy duplicate, as it is) or ``"park"`` (an open breaker).
+_republish: contextvars.ContextVar[str | None] = contextvars.ContextVar("resilience_republish", default=None)
+
+
+@contextlib.contextmanager
+def republishing(kind: str) -> Iterator[None]:
+    """Mark the running job's re-publish of itself inside the block as the platform's ``kind``.
+
+    Such a re-publish continues the same publish: it keeps the message's
+    publish token and idempotency key, claims no key and is not spooled. Any
+    other publish under the running job's id (``replace()``, ``task_id=``
+    given again by the job) is a new publish, as in Celery.
+    """
+    token = _republish.set(kind)
+    try:
+        yield
+    finally:
+        _republish.reset(token)
+
+
+def republish_of_current(task, task_id: str | None) -> str | None:
+    """The kind of platform re-publish of the running job this is, or None."""
+    kind = _republish.get()
+    if kind is None or task_id is None or task.request.called_directly or task.request.id != task_id:
+        return None
+    return kind
 
 
 def submit(task, args, kwargs, *, task_id, producer, link, link_error, shadow,
@@ -86,39 +145,57 @@ def submit(task, args, kwargs, *, task_id, producer, link, link_error, shadow,
     """Submit a job; returns its ``AsyncResult`` (the original one for a duplicate)."""
     settings = get_settings()
     idempotency_key = options.pop("idempotency_key", None)
-    validate_arguments(task.name, args, kwargs)
+    dump_models = getattr(task, "_dump_pydantic_arguments", None)
+    if dump_models is not None and options.get("serializer") != "pickle":
+        args, kwargs = dump_models(args, kwargs)  # as Celery's apply_async does: validate what is sent
+    validate_arguments(task.name, args, kwargs, serializer_of(task, options))
 
-    resubmission = _is_resubmission_of_current(task, task_id)
+    resubmission = republish_of_current(task, task_id) is not None
     if resubmission and idempotency_key is None:
         idempotency_key = getattr(task.request, "idempotency_key", None)
+    publish_token = None
+    if settings.feature_idempotency:
+        from resilience.executions import new_publish_token, publish_token_of
+
+        # The execution guard tells deliveries of this publish from other publishes under the id.
+        publish_token = publish_token_of(task.request) if resubmission else new_publish_token()
 
     def send(job_id: str, key: str | None, unreachable: BaseException | None = None):
-        if key:
+        if key or publish_token:
+            from resilience.executions import PUBLISH_HEADER
+
             headers = dict(options.get("headers") or {})
-            headers["idempotency_key"] = key
+            headers.pop(PUBLISH_HEADER, None)
+            if key:
+                headers["idempotency_key"] = key
+            if publish_token:
+                headers[PUBLISH_HEADER] = publish_token
             options["headers"] = headers
         from resilience import outage, scheduler
 
-        def plain(**overrides):  # overrides: the scheduler publishes through its own producer, undelayed
-            return publish(args, kwargs, task_id=job_id, producer=overrides.pop("producer", producer), link=link,
+        # overrides: the scheduler publishes through its own producer, undelayed
+        def plain(given=producer, **overrides):
+            return publish(args, kwargs, task_id=job_id, producer=overrides.pop("producer", given), link=link,
                            link_error=link_error, shadow=shadow, **{**options, **overrides})
 
         target = plain
         if scheduler.wants_delay(options):
             if resubmission:
-                # A retry or a deferral: it needs the running job's request (thread-local), so it
-                # is not moved to a bounded helper thread or spooled (kombu keeps its message meanwhile).
+                # A retry or a deferral: published from the running job, not spooled
+                # (kombu keeps its message meanwhile).
                 return scheduler.schedule(task, args, kwargs, job_id, options, fallback=plain)
 
-            def target():  # the durable delayed run, kept in Redis until due
-                return scheduler.schedule(task, args, kwargs, job_id, options, fallback=plain)
+            def target(bounded):  # the durable delayed run, kept in Redis until due
+                return scheduler.schedule(task, args, kwargs, job_id, options,
+                                          fallback=lambda **overrides: plain(bounded, **overrides))
         # What the spool keeps to publish it later: the options plus callbacks (signatures are JSON dicts).
         spooled = {**options, **{name: value for name, value in
                                  (("link", link), ("link_error", link_error), ("shadow", shadow)) if value}}
         if spooled.get("countdown") is not None:  # due relative to now, however late the spool is flushed
             due = datetime.now(timezone.utc) + timedelta(seconds=float(spooled.pop("countdown")))
             spooled["eta"] = due.isoformat()
-        return outage.publish_guarded(task, args, kwargs, job_id, spooled, target, unreachable=unreachable)
+        return outage.publish_guarded(task, args, kwargs, job_id, spooled, target, producer=producer,
+                                      unreachable=unreachable)
 
     if settings.feature_idempotency and not resubmission:
         from resilience import idempotency

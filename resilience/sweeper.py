@@ -298,8 +298,15 @@ def _publish(app, entry: dict, job_id: str, *, retries: int, countdown: float) -
         options["queue"] = entry["queue"]
     if countdown > 0:
         options["countdown"] = countdown
+    headers = {}
     if entry.get("idempotency_key"):
-        options["headers"] = {"idempotency_key": entry["idempotency_key"]}
+        headers["idempotency_key"] = entry["idempotency_key"]
+    if entry.get("publish"):  # the same publish, put back: the execution guard runs it at most once
+        from resilience.executions import PUBLISH_HEADER
+
+        headers[PUBLISH_HEADER] = entry["publish"]
+    if headers:
+        options["headers"] = headers
     args, kwargs = list(entry.get("args") or []), dict(entry.get("kwargs") or {})
     task = app.tasks.get(entry.get("task"))
     if task is None:

@@ -138,8 +138,11 @@ class ResilientTask(Task):
             # Close this run before the retry is published, so the retry's
             # delivery is not refused as a duplicate of a live run.
             executions.finish(self, "retrying", attempt=(request.retries or 0) + 1)
-        return super().retry(args=args, kwargs=kwargs, exc=exc, throw=throw, eta=eta,
-                             countdown=countdown, max_retries=max_retries, **options)
+        from resilience.submission import republishing
+
+        with republishing("retry"):  # the next attempt of the same publish
+            return super().retry(args=args, kwargs=kwargs, exc=exc, throw=throw, eta=eta,
+                                 countdown=countdown, max_retries=max_retries, **options)
 
     # -- run ----------------------------------------------------------------------
     def __call__(self, *args, **kwargs):

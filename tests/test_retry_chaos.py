@@ -76,6 +76,7 @@ def test_a_job_that_kills_its_pool_process_is_dead_lettered_as_poison(r, log_dir
         wait_for(lambda: quiet(r), WAIT, message=lambda: f"the queues to drain: {leftovers(r)}")
 
     assert runs(job.id) == 2  # each delivery killed its pool process; the third was not run
+    assert job.state == "FAILURE", "failed as Celery would fail it (issue 18: its link_error is called)"
     entry = deadletter.list_entries()[0].data
     assert entry["job_id"] == job.id and "poison" in entry["failure_reason"]
     assert entry["task"] == "tests.retry.poison"

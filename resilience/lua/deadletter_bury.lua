@@ -28,7 +28,13 @@ runs it again (nothing is left to restore); the later ack is a no-op.
 local job_id, owner = ARGV[2], ARGV[3]
 
 if ARGV[7] == "1" then
-  local record = cjson.encode({s = "dead", a = tonumber(ARGV[4]), w = owner, t = tonumber(ARGV[5])})
+  local ok, st = pcall(cjson.decode, redis.call("GET", KEYS[2]) or "")
+  local p, ps = nil, nil
+  if ok and type(st) == "table" then
+    p, ps = st.p, st.ps  -- a new publish under this id may still run (see job_start)
+  end
+  local record = cjson.encode({s = "dead", a = tonumber(ARGV[4]), w = owner, t = tonumber(ARGV[5]),
+                               p = p, ps = ps})
   redis.call("SET", KEYS[2], record, "EX", tonumber(ARGV[6]))
 end
 

@@ -18,7 +18,8 @@ The registry entry is removed only if this run still owns it, so a run that
 was declared dead and requeued cannot remove its successor's entry.
 "released" deletes the execution record so the job may run again;
 "crashed" (the worker's pool process died mid-run) keeps the delivery count
-so that a job that keeps killing its worker is caught as poison.
+so that a job that keeps killing its worker is caught as poison. The record's
+publish tokens (p, ps; see job_start) are kept.
 ]]
 local job_id, owner, outcome = ARGV[1], ARGV[2], ARGV[3]
 
@@ -29,17 +30,22 @@ end
 if ARGV[7] == "1" then
   if outcome == "released" then
     redis.call("DEL", KEYS[1])
-  elseif outcome == "crashed" then
-    local prior = redis.call("GET", KEYS[1])
-    local ok, st = pcall(cjson.decode, prior or "")
-    if ok and type(st) == "table" then
-      st.s = "crashed"
-      st.t = tonumber(ARGV[5])
-      redis.call("SET", KEYS[1], cjson.encode(st), "KEEPTTL")
-    end
   else
-    local record = cjson.encode({s = outcome, a = tonumber(ARGV[4]), w = owner, t = tonumber(ARGV[5])})
-    redis.call("SET", KEYS[1], record, "EX", tonumber(ARGV[6]))
+    local ok, st = pcall(cjson.decode, redis.call("GET", KEYS[1]) or "")
+    if not (ok and type(st) == "table") then
+      st = nil
+    end
+    if outcome == "crashed" then
+      if st then
+        st.s = "crashed"
+        st.t = tonumber(ARGV[5])
+        redis.call("SET", KEYS[1], cjson.encode(st), "KEEPTTL")
+      end
+    else
+      local record = cjson.encode({s = outcome, a = tonumber(ARGV[4]), w = owner, t = tonumber(ARGV[5]),
+                                   p = st and st.p, ps = st and st.ps})
+      redis.call("SET", KEYS[1], record, "EX", tonumber(ARGV[6]))
+    end
   end
 end
 

@@ -4,7 +4,7 @@ The execution guard and the active-job registry are one record: a job runs
 only if no live run holds it and it has not completed, and the claim, the
 registry entry and its progress deadline are written in one step.
 
-KEYS[1]  jobs:state:<job id>     string, JSON {s, a, w, t, n, r}
+KEYS[1]  jobs:state:<job id>     string, JSON {s, a, w, t, n, r, p, ps}
 KEYS[2]  jobs:active             hash  job id -> JSON registry entry
 KEYS[3]  jobs:active:deadlines   zset  job id -> progress deadline (epoch s)
 KEYS[4]  workers:heartbeats      zset  worker id -> last heartbeat (epoch s)
@@ -24,16 +24,34 @@ ARGV[11] "1" when heartbeats are recorded (else a run is live for ARGV[12] s)
 ARGV[12] fallback liveness window (seconds)
 ARGV[13] run token: names this claim, so a run that never learnt whether its
          claim landed (Redis lost mid-call) can withdraw exactly it (job_unstart)
+ARGV[14] publish token of the message ("" when it has none): every publish
+         through the submit path has its own, and every re-publish of that
+         message (redelivery, restore, hand-over, sweep, spool, retry) keeps it
 A record left "running" by a dead worker, or marked "crashed" by the worker
 whose pool process died, lets the job run again and counts the delivery.
 A message whose idempotency key is owned by another job (published around
 the submit path, e.g. send_task with the header) is a duplicate of that job.
+A message of another publish than the record's (p) is a new publish under a
+used id, made on purpose (a chord body, replace(), a frozen signature applied
+again): it runs as a new job unless a run on a live worker holds the id
+(busy), or it is a publish the record has already moved past (ps, the last
+four: stale). Without a token on either side the rules above apply as they are.
 Returns  {"run", deliveries} | {"done"} | {"dead"} | {"stale", attempt}
          | {"busy", worker id} | {"duplicate", owner job id}
 ]]
 local job_id, owner, now = ARGV[1], ARGV[2], tonumber(ARGV[3])
 local attempt = tonumber(ARGV[4])
+local publish = ARGV[14]
 local deliveries = 1
+local p, ps = nil, nil
+
+local function live(st)
+  if ARGV[11] == "1" then
+    local beat = redis.call("ZSCORE", KEYS[4], st.w)
+    return beat and (tonumber(beat) > now - tonumber(ARGV[10]))
+  end
+  return (tonumber(st.t) or 0) > now - tonumber(ARGV[12])
+end
 
 if ARGV[8] == "1" then
   if KEYS[5] then
@@ -45,7 +63,21 @@ if ARGV[8] == "1" then
   local raw = redis.call("GET", KEYS[1])
   if raw then
     local ok, st = pcall(cjson.decode, raw)
-    if ok and type(st) == "table" then
+    if ok and type(st) == "table" and publish ~= "" and st.p and st.p ~= publish then
+      for _, seen in ipairs(st.ps or {}) do
+        if seen == publish then
+          return {"stale", tostring(st.a or 0)}
+        end
+      end
+      if st.s == "running" and live(st) then
+        return {"busy", st.w}
+      end
+      ps = {st.p}
+      for i = 1, math.min(3, #(st.ps or {})) do
+        ps[i + 1] = st.ps[i]
+      end
+    elseif ok and type(st) == "table" then
+      p, ps = st.p, st.ps
       local st_attempt = tonumber(st.a) or 0
       if st.s == "done" then
         return {"done"}
@@ -57,18 +89,9 @@ if ARGV[8] == "1" then
         if attempt < st_attempt then
           return {"stale", tostring(st_attempt)}
         end
-        if st.s == "running" then
-          local live
-          if ARGV[11] == "1" then
-            local beat = redis.call("ZSCORE", KEYS[4], st.w)
-            live = beat and (tonumber(beat) > now - tonumber(ARGV[10]))
-          else
-            live = (tonumber(st.t) or 0) > now - tonumber(ARGV[12])
-          end
-          if live then
-            -- a run on a live worker holds it: never start a second one
-            return {"busy", st.w}
-          end
+        if st.s == "running" and live(st) then
+          -- a run on a live worker holds it: never start a second one
+          return {"busy", st.w}
         end
         if attempt == st_attempt then
           deliveries = (tonumber(st.n) or 1) + 1
@@ -76,7 +99,11 @@ if ARGV[8] == "1" then
       end
     end
   end
-  local record = cjson.encode({s = "running", a = attempt, w = owner, t = now, n = deliveries, r = ARGV[13]})
+  if publish ~= "" then
+    p = publish
+  end
+  local record = cjson.encode({s = "running", a = attempt, w = owner, t = now, n = deliveries, r = ARGV[13],
+                               p = p, ps = ps})
   redis.call("SET", KEYS[1], record, "EX", tonumber(ARGV[7]))
 end
 

@@ -31,7 +31,13 @@ redis.call("HSET", KEYS[2], ARGV[1], ARGV[3])
 
 if ARGV[4] == "1" then
   if ARGV[9] == "1" then
-    local record = cjson.encode({s = "retrying", a = tonumber(ARGV[6]), w = ARGV[5], t = tonumber(ARGV[7])})
+    local ok, st = pcall(cjson.decode, redis.call("GET", KEYS[3]) or "")
+    local p, ps = nil, nil
+    if ok and type(st) == "table" then
+      p, ps = st.p, st.ps  -- the retry keeps its publish token (see job_start)
+    end
+    local record = cjson.encode({s = "retrying", a = tonumber(ARGV[6]), w = ARGV[5], t = tonumber(ARGV[7]),
+                                 p = p, ps = ps})
     redis.call("SET", KEYS[3], record, "EX", tonumber(ARGV[8]))
   end
   local raw = redis.call("HGET", KEYS[4], ARGV[1])

@@ -6,7 +6,7 @@ for a stuck job, its progress deadline is still past, so a job that finished
 or reported progress a moment ago is left alone, and a second sweep finds
 nothing left to claim.
 
-KEYS[1]  jobs:state:<job id>     string, JSON {s, a, w, t, n}
+KEYS[1]  jobs:state:<job id>     string, JSON {s, a, w, t, n, r, p, ps}
 KEYS[2]  jobs:active             hash  job id -> JSON registry entry
 KEYS[3]  jobs:active:deadlines   zset  job id -> progress deadline
 ARGV[1]  job id
@@ -34,7 +34,13 @@ end
 redis.call("HDEL", KEYS[2], ARGV[1])
 redis.pcall("ZREM", KEYS[3], ARGV[1])
 if ARGV[8] == "1" and ARGV[4] ~= "" then
-  local record = cjson.encode({s = ARGV[4], a = tonumber(ARGV[5]), w = ARGV[2], t = tonumber(ARGV[6])})
+  local ok_st, st = pcall(cjson.decode, redis.call("GET", KEYS[1]) or "")
+  local p, ps = nil, nil
+  if ok_st and type(st) == "table" then
+    p, ps = st.p, st.ps  -- the requeued or retried message keeps its publish token (see job_start)
+  end
+  local record = cjson.encode({s = ARGV[4], a = tonumber(ARGV[5]), w = ARGV[2], t = tonumber(ARGV[6]),
+                               p = p, ps = ps})
   redis.call("SET", KEYS[1], record, "EX", tonumber(ARGV[7]))
 end
 return raw
