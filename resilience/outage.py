@@ -343,6 +343,7 @@ class Flusher:
         self._lock = threading.Lock()
         self._thread: threading.Thread | None = None
         self._wake = threading.Event()
+        self._stopped = threading.Event()
         self._busy = False
         self.published = 0
 
@@ -379,6 +380,11 @@ class Flusher:
                 self._thread = threading.Thread(target=self._run, name="resilience-spool-flusher", daemon=True)
                 self._thread.start()
 
+    def stop(self) -> None:
+        """End the thread at its next step (it may be waiting on Redis); spooled jobs stay spooled."""
+        self._stopped.set()
+        self._wake.set()
+
     def _app_or_default(self):
         from resilience.runtime import app_or_bound
 
@@ -388,7 +394,7 @@ class Flusher:
         settings = get_settings()
         backoff = ExponentialBackoff(base=settings.redis_reconnect_base_sec, cap=settings.redis_reconnect_max_sec)
         attempt = 0
-        while True:
+        while not self._stopped.is_set():
             try:
                 sent = spool.drain(lambda job: _publish_spooled(self._app_or_default(), job,
                                                                 settings.publish_timeout_sec))
@@ -421,6 +427,15 @@ class Flusher:
 
 _flusher: Flusher | None = None
 _flusher_lock = threading.Lock()
+
+
+def reset_flusher() -> None:
+    """Stop and forget this process's flusher (tests: each starts without one left by another)."""
+    global _flusher
+    with _flusher_lock:
+        previous, _flusher = _flusher, None
+    if previous is not None:
+        previous.stop()
 
 
 def flusher() -> Flusher:

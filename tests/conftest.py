@@ -47,9 +47,10 @@ def _fresh_redis(redis_server):
     redis_server.thaw()
     if not redis_server.ping():
         redis_server.restart()
-    from resilience import connection
+    from resilience import connection, outage
     from resilience.store import get_redis, reset_redis
 
+    outage.reset_flusher()  # no flusher thread of an earlier test drains this test's spool
     reset_settings()
     reset_redis()
     get_redis().flushall()
