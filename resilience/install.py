@@ -30,6 +30,7 @@ FEATURE_INSTALLERS: list[str] = [
     "resilience.retrying:install",
     "resilience.sweeper:install",
     "resilience.outage:install",
+    "resilience.resultbackend:install",
 ]
 
 def install(app: Celery) -> Celery:
