@@ -31,6 +31,7 @@ FEATURE_INSTALLERS: list[str] = [
     "resilience.sweeper:install",
     "resilience.outage:install",
     "resilience.resultbackend:install",
+    "resilience.events:install",
 ]
 
 def install(app: Celery) -> Celery:
