@@ -6,6 +6,7 @@ Real redis-server, real workers (in-process, or a subprocess where one is killed
 
 from __future__ import annotations
 
+import base64
 import json
 import uuid
 
@@ -102,3 +103,32 @@ def test_a_worker_killed_right_after_recording_done_leaves_the_result_and_no_sec
             doomed.stop()
             if survivor is not None:
                 survivor.stop()
+
+
+def _events(message: dict) -> list[dict]:
+    """The events in one fanout message of Celery's event exchange (kombu's envelope, base64 body)."""
+    envelope = json.loads(message["data"])
+    body = json.loads(base64.b64decode(envelope["body"]))
+    return body if isinstance(body, list) else [body]
+
+
+@pytest.mark.slow
+def test_a_busy_workers_task_events_go_out_in_batches(app, r, log_dir):
+    """Celery publishes its buffered task events on every event-loop tick (about 2.5 per job)."""
+    listener = r.pubsub(ignore_subscribe_messages=True)
+    listener.psubscribe("*celeryev*")
+    publishes, succeeded = 0, set()
+    with SubprocessWorker(log_dir, name="events@test", concurrency=2, include=["tests.jobs"], extra_args=["-E"]):
+        jobs = [app.tasks["tests.add"].delay(i, 1) for i in range(30)]
+
+        def all_succeeded():
+            nonlocal publishes
+            while (message := listener.get_message(timeout=0.1)) is not None:
+                events = [e for e in _events(message) if e.get("type", "").startswith("task-")]
+                publishes += bool(events)
+                succeeded.update(e["uuid"] for e in events if e["type"] == "task-succeeded")
+            return succeeded >= {job.id for job in jobs}
+
+        wait_for(all_succeeded, 60, interval=0, message=lambda: f"every task-succeeded event ({len(succeeded)})")
+    listener.close()
+    assert publishes < len(jobs), f"{publishes} publishes of task events for {len(jobs)} jobs"
