@@ -29,19 +29,7 @@ was declared dead and requeued cannot remove its successor's entry.
 so that a job that keeps killing its worker is caught as poison. The record's
 publish tokens (p, ps; see job_start) are kept.
 ]]
--- Celery's RedisBackend._store_result: never overwrite a SUCCESS; SET, then PUBLISH to waiters.
-local function store_state(key, meta, expires)
-  local ok, current = pcall(cjson.decode, redis.call("GET", key) or "")
-  if ok and type(current) == "table" and current.status == "SUCCESS" then
-    return
-  end
-  if expires > 0 then
-    redis.call("SET", key, meta, "EX", expires)
-  else
-    redis.call("SET", key, meta)
-  end
-  redis.call("PUBLISH", key, meta)
-end
+--#include result_state
 
 local job_id, owner, outcome = ARGV[1], ARGV[2], ARGV[3]
 local result = ARGV[8] or ""

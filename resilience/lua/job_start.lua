@@ -47,19 +47,7 @@ four: stale). Without a token on either side the rules above apply as they are.
 Returns  {"run", deliveries} | {"done"} | {"dead"} | {"stale", attempt}
          | {"busy", worker id} | {"duplicate", owner job id}
 ]]
--- Celery's RedisBackend._store_result: never overwrite a SUCCESS; SET, then PUBLISH to waiters.
-local function store_state(key, meta, expires)
-  local ok, current = pcall(cjson.decode, redis.call("GET", key) or "")
-  if ok and type(current) == "table" and current.status == "SUCCESS" then
-    return
-  end
-  if expires > 0 then
-    redis.call("SET", key, meta, "EX", expires)
-  else
-    redis.call("SET", key, meta)
-  end
-  redis.call("PUBLISH", key, meta)
-end
+--#include result_state
 
 local job_id, owner, now = ARGV[1], ARGV[2], tonumber(ARGV[3])
 local attempt = tonumber(ARGV[4])
