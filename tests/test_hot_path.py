@@ -132,3 +132,13 @@ def test_a_busy_workers_task_events_go_out_in_batches(app, r, log_dir):
         wait_for(all_succeeded, 60, interval=0, message=lambda: f"every task-succeeded event ({len(succeeded)})")
     listener.close()
     assert publishes < len(jobs), f"{publishes} publishes of task events for {len(jobs)} jobs"
+
+
+def test_the_demo_says_how_the_hot_path_is_taken(app):
+    from resilience.demo import hot_path_line
+
+    line = hot_path_line(app)
+    assert "STARTED and results stored by the execution guard's steps" in line
+    assert "result subscription when a caller waits" in line
+    assert "task events for Flower batched every 0.5s" in line
+    assert "task-sent events off" in line
