@@ -76,33 +76,53 @@ def test_a_stored_success_is_never_overwritten_by_a_redelivery(app, r, worker):
     assert meta(r, job_id)["result"] == 99
 
 
-@pytest.mark.slow
-def test_a_worker_killed_right_after_recording_done_leaves_the_result_and_no_second_run(app, r, log_dir):
-    """Killed between the finish script and the ack: the result is stored, the redelivery is absorbed."""
+def _kill_at(app, r, log_dir, point: str, expected_status: str) -> tuple[str, object]:
+    """Run tests.add(20, 22) on a worker killed at ``point``, then on a survivor; return its id and result."""
     job_id = str(uuid.uuid4())
     with configure(**TIGHT):
         doomed = SubprocessWorker(log_dir, name="doomed@test", include=["tests.crash_points"],
-                                  env={"TEST_KILL_AFTER_FINISH_JOB": job_id}).start().wait_ready(120)
+                                  env={point: job_id}).start().wait_ready(120)
         survivor = None
         try:
             job = app.tasks["tests.add"].apply_async((20, 22), task_id=job_id)
-            wait_for(lambda: not doomed.alive(), 60, message="the worker to die after recording done")
+            wait_for(lambda: not doomed.alive(), 60, message="the worker to die at the crash point")
             assert r.hlen("unacked") == 1  # never acknowledged
-            assert meta(r, job_id)["status"] == "SUCCESS"
+            assert meta(r, job_id)["status"] == expected_status
             survivor = SubprocessWorker(log_dir, name="survivor@test", include=["tests.jobs"]).start()
             survivor.wait_ready(120)
 
             def recovered():
-                sweeper.sweep(app)
-                return not r.hlen("unacked") and not r.llen("celery")
+                sweeper.sweep(app)  # as beat would: requeues the dead worker's message
+                return not r.hlen("unacked") and not r.llen("celery") and meta(r, job_id)["status"] == "SUCCESS"
 
             wait_for(recovered, 60, interval=0.5, message="the message to be redelivered and acknowledged")
-            assert job.get(timeout=30) == 42
-            assert runs(job_id) == 1
+            return job_id, job.get(timeout=30)
         finally:
             doomed.stop()
             if survivor is not None:
                 survivor.stop()
+
+
+@pytest.mark.slow
+def test_a_worker_killed_right_after_recording_done_leaves_the_result_and_no_second_run(app, r, log_dir):
+    """Killed between the finish script and the ack: the result is stored, the redelivery is absorbed.
+
+    Before the result rode on the finish script, the record said done and the result was never
+    stored: the redelivery was acknowledged unrun and a caller waiting on the result hung.
+    """
+    job_id, result = _kill_at(app, r, log_dir, "TEST_KILL_AFTER_FINISH_JOB", expected_status="SUCCESS")
+    assert result == 42
+    assert runs(job_id) == 1
+
+
+@pytest.mark.slow
+def test_a_worker_killed_right_after_claiming_the_run_shows_started_and_runs_the_job_once(app, r, log_dir):
+    """Killed between the start script (claim + STARTED) and the body: the job runs once, on the survivor."""
+    job_id, result = _kill_at(app, r, log_dir, "TEST_KILL_AFTER_START_JOB", expected_status="STARTED")
+    assert result == 42
+    assert runs(job_id) == 1
+    record = json.loads(r.get(keys().job_state(job_id)))
+    assert record["s"] == "done" and record["w"].startswith("survivor@test|")
 
 
 def _events(message: dict) -> list[dict]:
