@@ -162,3 +162,16 @@ def test_the_demo_says_how_the_hot_path_is_taken(app):
     assert "result subscription when a caller waits" in line
     assert "task events for Flower batched every 0.5s" in line
     assert "task-sent events off" in line
+
+
+def test_celery_stores_the_states_itself_when_the_result_backend_is_another_database(app, redis_server):
+    from celery.app.task import Context
+
+    from resilience.resultbackend import TrackedRedisBackend
+
+    request = Context(id="job-1", resilience_worker="w@test|boot")
+    here = TrackedRedisBackend(app=app, url=redis_server.url.rsplit("/", 1)[0] + "/0")
+    elsewhere = TrackedRedisBackend(app=app, url=redis_server.url.rsplit("/", 1)[0] + "/1")
+    assert here.folds(request)
+    assert not elsewhere.folds(request)
+    assert not here.folds(Context(id="job-2"))  # not a ResilientTask delivery
