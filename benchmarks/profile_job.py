@@ -306,9 +306,11 @@ def requests_of(raw: list[tuple[int, list[str]]], roles: dict[int, str], ignore:
 
 def script_names() -> dict[str, str]:
     """sha1 -> name of the platform's Lua scripts (kombu's own are named ``kombu ...``)."""
+    from resilience.store import script_source
+
     names = {}
-    for path in (ROOT / "resilience" / "lua").glob("*.lua"):
-        names[hashlib.sha1(path.read_bytes()).hexdigest()] = path.stem
+    for path in (ROOT / "resilience" / "lua").glob("[!_]*.lua"):  # _<name>.lua: fragments, not scripts
+        names[hashlib.sha1(script_source(path.stem).encode()).hexdigest()] = path.stem
     return names
 
 

@@ -39,6 +39,27 @@ class _DemoJobs:
         return self._app.tasks[f"demo.{name}"]
 
 
+def hot_path_line(app: Any) -> str:
+    """How a job's state writes, result subscription and Flower events reach Redis (the hot path)."""
+    from resilience.resultbackend import TrackedRedisBackend
+    from resilience.settings import settings_for
+
+    settings = settings_for(app)
+    ours = isinstance(app.backend, TrackedRedisBackend)
+    folded = ours and (settings.feature_idempotency or settings.feature_stuck_jobs)
+    interval = settings.worker_event_flush_interval_sec
+    events = ("task events off" if not app.conf.worker_send_task_events
+              else f"task events for Flower batched every {interval:g}s" if interval
+              else "task events published every loop tick")
+    return "  |  ".join([
+        "hot path: STARTED and results stored by the execution guard's steps" if folded
+        else "hot path: Celery stores STARTED and results",
+        "result subscription when a caller waits" if ours else "result subscription at every submit",
+        events,
+        f"task-sent events {'on' if app.conf.task_send_sent_event else 'off'}",
+    ])
+
+
 @dataclass
 class Demo:
     duration: float | None = None
@@ -140,7 +161,8 @@ class Demo:
                   + (f"  |  Flower http://127.0.0.1:{platform.settings.flower_port} "
                      f"({platform.flower_login_hint()})" if platform.flower_credentials else "")
                   + "  |  Ctrl-C stops")
-        parts = [Panel(header), Panel(self.producer_line()), table, done, render(collect(self.app))]
+        parts = [Panel(header), Panel(self.producer_line() + "\n" + hot_path_line(self.app)), table, done,
+                 render(collect(self.app))]
         if self.alert_receiver is not None:
             from resilience.webhook_receiver import render_alerts
 

@@ -7,7 +7,10 @@ writes the ``jobs:active`` entry (which worker runs it, since when, its
 progress, and what the sweep needs to requeue it) and its progress deadline.
 :func:`finish` records the outcome and drops the entry in one step; both cost
 one round trip each, which is the whole per-job overhead of the guard and the
-registry together.
+registry together. The same two steps store the job's STARTED state and its
+SUCCESS result for Celery's Redis result backend where it allows
+(:mod:`resilience.resultbackend`), which saves Celery's own two round trips
+for each.
 
 A record is keyed by job id: a redelivered message keeps its task id, so a
 redelivery after a lost ack, a visibility timeout or a worker crash finds the
@@ -39,7 +42,9 @@ import uuid
 from dataclasses import dataclass
 from typing import Any
 
-from resilience import connection, pending_writes
+from celery.states import STARTED, SUCCESS
+
+from resilience import connection, pending_writes, resultbackend
 from resilience.identity import worker_id
 from resilience.keys import keys
 from resilience.settings import get_settings
@@ -132,15 +137,17 @@ def begin(task, args, kwargs, *, now: float | None = None) -> Decision:
     script_keys = [k.job_state(request.id), k.active, k.active_deadlines, k.worker_heartbeats]
     if guard and entry["idempotency_key"]:
         script_keys.append(k.idempotency(entry["idempotency_key"]))
+    started = resultbackend.folded_state_write(task, STARTED, None)
     try:
         result = load_script("job_start")(
-            keys=script_keys,
+            keys=script_keys + ([started[0]] if started else []),
             args=[
                 request.id, entry["worker"], repr(now), request.retries or 0,
                 json.dumps(entry, default=str), repr(now + entry["timeout"]),
                 settings.idempotency_ttl_sec, int(guard), int(registry),
                 settings.worker_heartbeat_timeout_sec, int(registry),
                 progress_timeout_of(task), token, entry["publish"] or "",
+                *(started[1:] if started else ("", 0)),
             ],
         )
     except Exception as err:
@@ -164,8 +171,15 @@ def unstart(job_id: str, token: str) -> bool:
                                            args=[job_id, token]))
 
 
-def finish(task, outcome: str, *, attempt: int | None = None, now: float | None = None, pipe=None) -> None:
-    """Record the outcome of the run behind ``task.request`` and drop its entry."""
+def finish(task, outcome: str, *, attempt: int | None = None, now: float | None = None, pipe=None,
+           **returned: Any) -> None:
+    """Record the outcome of the run behind ``task.request`` and drop its entry.
+
+    With outcome "done" and ``result=`` (the job's return value), the job's
+    SUCCESS result is stored in the same step when the result backend allows
+    (:func:`resilience.resultbackend.folded_state_write`), and Celery's own
+    write of it is skipped.
+    """
     settings = get_settings()
     if not (settings.feature_idempotency or settings.feature_stuck_jobs):
         return
@@ -177,11 +191,18 @@ def finish(task, outcome: str, *, attempt: int | None = None, now: float | None 
     job_id, owner = request.id, owner_of(task)
     now = _now() if now is None else now
 
+    stored = None
+    if outcome == "done" and "result" in returned and pipe is None:
+        stored = resultbackend.folded_state_write(task, SUCCESS, returned["result"])
+
     def write():
-        finish_job(job_id, owner, outcome, attempt=attempt, now=now, pipe=pipe, release_key=release_key)
+        finish_job(job_id, owner, outcome, attempt=attempt, now=now, pipe=pipe, release_key=release_key,
+                   stored=stored)
 
     try:
         write()
+        if stored:
+            resultbackend.mark_stored(task, SUCCESS)
     except Exception as err:
         if pipe is not None or not connection.is_outage(err) or not settings.feature_enhanced_redis:
             raise
@@ -191,21 +212,26 @@ def finish(task, outcome: str, *, attempt: int | None = None, now: float | None 
 
 
 def finish_job(job_id: str, owner: str, outcome: str, *, attempt: int = 0,
-               now: float | None = None, pipe=None, release_key: str | None = None) -> None:
+               now: float | None = None, pipe=None, release_key: str | None = None,
+               stored: tuple[bytes, str, int] | None = None) -> None:
     """:func:`finish` for a job known by id and worker id (used outside the run too).
 
     With ``release_key`` and outcome "dead", the idempotency key is released in
     the same step if this job still owns it, so the request can be submitted again.
+    ``stored`` (key, meta, expiry) is the job's result, written in the same step.
     """
     settings = get_settings()
     k = keys()
     script_keys = [k.job_state(job_id), k.active, k.active_deadlines]
-    if release_key and settings.feature_idempotency:
+    if stored:
+        script_keys.append(stored[0])
+    elif release_key and settings.feature_idempotency:
         script_keys.append(k.idempotency(release_key))
     load_script("job_finish")(
         keys=script_keys,
         args=[job_id, owner, outcome, attempt, repr(_now() if now is None else now),
-              settings.idempotency_ttl_sec, int(settings.feature_idempotency)],
+              settings.idempotency_ttl_sec, int(settings.feature_idempotency),
+              *(stored[1:] if stored else ("", 0))],
         client=pipe,
     )
 

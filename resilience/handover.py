@@ -28,7 +28,8 @@ channel's ``_connparams()`` reads ``self.connection.client``, which closing
 set to None, so a late ack or a restore on that channel raises AttributeError
 instead of using Redis. :class:`HandoverChannelMixin` remembers the last
 connection parameters so those calls reach Redis (or fail as the connection
-errors they are).
+errors they are). It also reuses one redis-py client per connection pool
+where kombu builds one per operation (see the class).
 
 The hand-over list is in memory: a worker killed during the same outage in
 which it popped a message it could not record loses that one message (the
@@ -37,6 +38,7 @@ README's persistence notes say so). Installed with ``FEATURE_ENHANCED_REDIS``.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import threading
 
@@ -186,9 +188,26 @@ class HandoverQoS(kombu_redis.QoS):
 
 
 class HandoverChannelMixin:
-    """A Redis channel with :class:`HandoverQoS` and remembered connection parameters."""
+    """A Redis channel with :class:`HandoverQoS`, remembered connection parameters,
+    and one redis-py client per connection pool.
+
+    kombu's ``conn_or_acquire()`` builds a new ``redis.Redis`` object for every
+    operation (each ack, each delivery record, each restore): about 0.1 ms of
+    CPU apiece in the worker's main process, twice per job. A client on a
+    shared pool is stateless and thread-safe, so the channel keeps one and
+    builds a new one only when its pool is replaced (after a reconnect).
+    """
 
     QoS = HandoverQoS
+
+    def conn_or_acquire(self, client=None):
+        if client:
+            return contextlib.nullcontext(client)
+        pool = self.pool
+        cached = self.__dict__.get("_resilience_client")
+        if cached is None or cached.connection_pool is not pool:
+            cached = self.__dict__["_resilience_client"] = self._create_client()
+        return contextlib.nullcontext(cached)
 
     def _connparams(self, asynchronous=False):
         transport = self.connection

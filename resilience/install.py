@@ -30,6 +30,8 @@ FEATURE_INSTALLERS: list[str] = [
     "resilience.retrying:install",
     "resilience.sweeper:install",
     "resilience.outage:install",
+    "resilience.resultbackend:install",
+    "resilience.events:install",
 ]
 
 def install(app: Celery) -> Celery:

@@ -448,14 +448,13 @@ def flusher() -> Flusher:
 
 
 def install(app, settings: Settings) -> None:
-    """Fast consumer reconnects, result-backend connection state, and publish what an earlier run left in the spool."""
+    """Fast consumer reconnects, and publish what an earlier run left in the spool."""
     global _flusher
     if not settings.feature_enhanced_redis:
         return
-    from resilience import reconnect, resultbackend
+    from resilience import reconnect
 
     reconnect.install(app, settings)
-    resultbackend.install(app, settings)
     from resilience import health
 
     # Informational: the "redis" and "broker" checks already decide health from live probes.

@@ -13,6 +13,7 @@ backoff and jitter.
 from __future__ import annotations
 
 import os
+import re
 import threading
 from functools import cache, lru_cache
 from importlib import resources
@@ -23,7 +24,7 @@ from redis.backoff import ExponentialWithJitterBackoff
 from resilience.connection import TrackedRetry
 from resilience.settings import Settings, get_settings
 
-__all__ = ["get_redis", "redis_url", "reset_redis", "load_script"]
+__all__ = ["get_redis", "redis_url", "reset_redis", "load_script", "script_source"]
 
 _lock = threading.Lock()
 _client: redis.Redis | None = None
@@ -110,14 +111,24 @@ def reset_redis(url: str | None = None) -> None:
         _url_override = url
 
 
-@cache
-def _script_source(name: str) -> str:
+#: A line of a script that stands for a shared fragment, ``lua/_<name>.lua``.
+_INCLUDE_RE = re.compile(r"^--#include (\w+)$", re.MULTILINE)
+
+
+def _lua_file(name: str) -> str:
     return resources.files("resilience").joinpath("lua", f"{name}.lua").read_text()
+
+
+@cache
+def script_source(name: str) -> str:
+    """The text of the script ``lua/<name>.lua``, each ``--#include <fragment>`` line
+    replaced by the fragment ``lua/_<fragment>.lua`` (code two scripts share)."""
+    return _INCLUDE_RE.sub(lambda match: _lua_file("_" + match.group(1)), _lua_file(name))
 
 
 @lru_cache(maxsize=256)
 def _registered(client: redis.Redis, name: str):
-    return client.register_script(_script_source(name))
+    return client.register_script(script_source(name))
 
 
 def load_script(name: str, client: redis.Redis | None = None):

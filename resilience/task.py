@@ -11,7 +11,8 @@ moments of a job's life:
   (guard + active-job registry), :mod:`resilience.breaker` runs the body
   through the job's breaker and parks a job refused by an open breaker;
 * failure: :mod:`resilience.retrying` retries with backoff or dead-letters;
-* end: the record is closed in the same round trip that removes the registry entry.
+* end: the record is closed in the same round trip that removes the registry
+  entry and stores the job's result (:mod:`resilience.resultbackend`).
 
 Options resolve call > task > settings: a task option left at ``None`` takes
 the setting's value.
@@ -175,7 +176,7 @@ class ResilientTask(Task):
         except Exception as exc:
             retrying.handle_failure(self, exc, args, kwargs)
             raise
-        executions.finish(self, "done")
+        executions.finish(self, "done", result=result)  # with the result when the backend allows
         return result
 
     # -- inside a job -----------------------------------------------------------

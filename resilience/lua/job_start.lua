@@ -10,6 +10,7 @@ KEYS[3]  jobs:active:deadlines   zset  job id -> progress deadline (epoch s)
 KEYS[4]  workers:heartbeats      zset  worker id -> last heartbeat (epoch s)
 KEYS[5]  idempotency:<key>       (optional, when the message carries a key) the
                                  job id that owns the key
+KEYS[last] celery-task-meta-<id> (optional, with ARGV[15]) the job's result
 ARGV[1]  job id
 ARGV[2]  worker id of this run (hostname|boot)
 ARGV[3]  now (epoch seconds, float)
@@ -27,6 +28,13 @@ ARGV[13] run token: names this claim, so a run that never learnt whether its
 ARGV[14] publish token of the message ("" when it has none): every publish
          through the submit path has its own, and every re-publish of that
          message (redelivery, restore, hand-over, sweep, spool, retry) keeps it
+ARGV[15] the job's STARTED result meta, as Celery's Redis result backend
+         encodes it ("" when Celery stores it itself: task_track_started off,
+         or a result backend on another Redis); its key is then the last of KEYS
+ARGV[16] the result's expiry (seconds; 0: none)
+When the job runs, its STARTED state is stored in the same step, as Celery
+would: unless the stored meta already says SUCCESS, SET (with the expiry) and
+PUBLISH on the key's channel for callers waiting on the result.
 A record left "running" by a dead worker, or marked "crashed" by the worker
 whose pool process died, lets the job run again and counts the delivery.
 A message whose idempotency key is owned by another job (published around
@@ -39,6 +47,8 @@ four: stale). Without a token on either side the rules above apply as they are.
 Returns  {"run", deliveries} | {"done"} | {"dead"} | {"stale", attempt}
          | {"busy", worker id} | {"duplicate", owner job id}
 ]]
+--#include result_state
+
 local job_id, owner, now = ARGV[1], ARGV[2], tonumber(ARGV[3])
 local attempt = tonumber(ARGV[4])
 local publish = ARGV[14]
@@ -53,8 +63,15 @@ local function live(st)
   return (tonumber(st.t) or 0) > now - tonumber(ARGV[12])
 end
 
+local started = ARGV[15] or ""
+-- the idempotency key, when there is one, comes before the result key
+local key_count = #KEYS
+if started ~= "" then
+  key_count = key_count - 1
+end
+
 if ARGV[8] == "1" then
-  if KEYS[5] then
+  if key_count >= 5 then
     local key_owner = redis.call("GET", KEYS[5])
     if key_owner and key_owner ~= job_id then
       return {"duplicate", key_owner}
@@ -110,5 +127,8 @@ end
 if ARGV[9] == "1" then
   redis.call("HSET", KEYS[2], job_id, ARGV[5])
   redis.call("ZADD", KEYS[3], tonumber(ARGV[6]), job_id)
+end
+if started ~= "" then
+  store_state(KEYS[#KEYS], started, tonumber(ARGV[16]))
 end
 return {"run", tostring(deliveries)}
