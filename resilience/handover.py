@@ -43,7 +43,7 @@ import threading
 import redis
 from kombu.transport import redis as kombu_redis
 from kombu.transport import virtual
-from redis.exceptions import OutOfMemoryError
+from redis.exceptions import OutOfMemoryError, ReadOnlyError
 
 from resilience import connection, unacked
 from resilience.store import get_redis
@@ -116,8 +116,9 @@ def _running_tags() -> set[str]:
 
 
 def _unreachable(channel) -> tuple[type[BaseException], ...]:
-    """What counts as "Redis cannot take this now": connection errors and a full Redis."""
-    return (*channel.connection_errors, OutOfMemoryError)
+    """What counts as "Redis cannot take this now": connection errors, a full Redis, and a
+    primary demoted by a failover (``READONLY``)."""
+    return (*channel.connection_errors, OutOfMemoryError, ReadOnlyError)
 
 
 class HandoverQoS(kombu_redis.QoS):
@@ -140,6 +141,8 @@ class HandoverQoS(kombu_redis.QoS):
                         "it is kept and put back when the broker is reachable", delivery_tag)
             if isinstance(err, OutOfMemoryError):
                 raise redis.ConnectionError(f"Redis is full and refuses writes: {err}") from err
+            if isinstance(err, ReadOnlyError):
+                raise redis.ConnectionError(f"Redis answered READONLY (a demoted primary): {err}") from err
             raise
 
     def ack(self, delivery_tag):

@@ -70,11 +70,11 @@ class HealthMonitor:
 
     def _redis(self) -> redis.Redis:
         if self._client is None:
-            from resilience.store import redis_url
+            from resilience.store import new_client, redis_url
 
             timeout = self.settings.health_redis_timeout_sec
-            self._client = redis.Redis.from_url(
-                redis_url(self.settings), socket_timeout=timeout, socket_connect_timeout=timeout,
+            self._client = new_client(
+                redis_url(self.settings), self.settings, socket_timeout=timeout, socket_connect_timeout=timeout,
                 retry=None, retry_on_timeout=False, decode_responses=True)
         return self._client
 

@@ -9,7 +9,7 @@ fails for a connection reason and up when one succeeds, like ``broker`` and
 ``store``. Celery's own retry policy for storing results is unchanged.
 
 :func:`install` selects it through Celery's ``<backend class>+<url>`` form
-(``app.backend_cls``) for ``redis://`` and ``rediss://`` result backends when
+(``app.backend_cls``) for ``redis://``, ``rediss://`` and ``sentinel://`` result backends when
 ``FEATURE_ENHANCED_REDIS`` is on; the URL and every other setting stay as
 configured. A producer's subscription to a job's result is bounded like the
 publish itself (``PUBLISH_TIMEOUT_SEC``).
@@ -17,16 +17,16 @@ publish itself (``PUBLISH_TIMEOUT_SEC``).
 
 from __future__ import annotations
 
-from celery.backends.redis import RedisBackend
+from celery.backends.redis import RedisBackend, SentinelBackend
 from redis.backoff import NoBackoff
 
 from resilience.connection import TrackedRetry
 from resilience.settings import Settings
 
-__all__ = ["TrackedRedisBackend", "install"]
+__all__ = ["TrackedRedisBackend", "TrackedSentinelBackend", "install"]
 
 
-class TrackedRedisBackend(RedisBackend):
+class _Tracked:
     def _create_client(self, **params):
         params.setdefault("retry", TrackedRetry("result_backend", NoBackoff(), 0))
         return super()._create_client(**params)
@@ -41,12 +41,22 @@ class TrackedRedisBackend(RedisBackend):
         """
         from resilience.outage import within_deadline
 
-        within_deadline(lambda: super(TrackedRedisBackend, self).on_task_call(producer, task_id))
+        within_deadline(lambda: super(_Tracked, self).on_task_call(producer, task_id))
+
+
+class TrackedRedisBackend(_Tracked, RedisBackend):
+    """Celery's Redis result backend, its connection state reported."""
+
+
+class TrackedSentinelBackend(_Tracked, SentinelBackend):
+    """Celery's Sentinel result backend (``sentinel://...;sentinel://...``), its connection state reported."""
 
 
 def install(app, settings: Settings) -> None:
     if not settings.feature_enhanced_redis or app.backend_cls:
         return
     url = app.conf.result_backend
-    if isinstance(url, str) and url.split("://", 1)[0] in {"redis", "rediss"}:
-        app.backend_cls = f"{__name__}:{TrackedRedisBackend.__name__}+{url}"
+    scheme = url.split("://", 1)[0].lower() if isinstance(url, str) else ""
+    backend = {"redis": TrackedRedisBackend, "rediss": TrackedRedisBackend, "sentinel": TrackedSentinelBackend}
+    if scheme in backend:
+        app.backend_cls = f"{__name__}:{backend[scheme].__name__}+{url}"
