@@ -39,7 +39,7 @@ import uuid
 from dataclasses import dataclass
 from typing import Any
 
-from resilience import connection, pending_writes
+from resilience import connection, pending_writes, replication
 from resilience.identity import worker_id
 from resilience.keys import keys
 from resilience.settings import get_settings
@@ -133,7 +133,8 @@ def begin(task, args, kwargs, *, now: float | None = None) -> Decision:
     if guard and entry["idempotency_key"]:
         script_keys.append(k.idempotency(entry["idempotency_key"]))
     try:
-        result = load_script("job_start")(
+        result = replication.run_script(
+            "job_start",
             keys=script_keys,
             args=[
                 request.id, entry["worker"], repr(now), request.retries or 0,
@@ -142,6 +143,7 @@ def begin(task, args, kwargs, *, now: float | None = None) -> Decision:
                 settings.worker_heartbeat_timeout_sec, int(registry),
                 progress_timeout_of(task), token, entry["publish"] or "",
             ],
+            what=f"the start of job {request.id}", settings=settings,
         )
     except Exception as err:
         if connection.is_outage(err) and settings.feature_enhanced_redis:
@@ -202,11 +204,12 @@ def finish_job(job_id: str, owner: str, outcome: str, *, attempt: int = 0,
     script_keys = [k.job_state(job_id), k.active, k.active_deadlines]
     if release_key and settings.feature_idempotency:
         script_keys.append(k.idempotency(release_key))
-    load_script("job_finish")(
+    replication.run_script(
+        "job_finish",
         keys=script_keys,
         args=[job_id, owner, outcome, attempt, repr(_now() if now is None else now),
               settings.idempotency_ttl_sec, int(settings.feature_idempotency)],
-        client=pipe,
+        client=pipe, what=f"the outcome {outcome!r} of job {job_id}", settings=settings,
     )
 
 

@@ -26,8 +26,9 @@ The worker's consumer connection therefore uses :class:`HandoverQoS`:
 kombu defect worked around here as well: after a connection is closed, its
 channel's ``_connparams()`` reads ``self.connection.client``, which closing
 set to None, so a late ack or a restore on that channel raises AttributeError
-instead of using Redis. :class:`HandoverChannelMixin` remembers the last
-connection parameters so those calls reach Redis (or fail as the connection
+instead of using Redis (the Sentinel channel reads its sentinels from there
+too). :class:`HandoverChannelMixin` remembers the last connection parameters
+and sentinel addresses so those calls reach Redis (or fail as the connection
 errors they are).
 
 The hand-over list is in memory: a worker killed during the same outage in
@@ -146,6 +147,8 @@ class HandoverQoS(kombu_redis.QoS):
             raise
 
     def ack(self, delivery_tag):
+        if int(getattr(self.channel, "min_replicas_ack", 0) or 0):
+            return self._confirmed_ack(delivery_tag)
         try:
             return super().ack(delivery_tag)
         except OutOfMemoryError:
@@ -157,6 +160,30 @@ class HandoverQoS(kombu_redis.QoS):
                 client.zrem(self.unacked_index_key, delivery_tag)
             virtual.QoS.ack(self, delivery_tag)
             return None
+
+    def _confirmed_ack(self, delivery_tag):
+        """The ack followed by WAIT (replica acknowledgement, :mod:`resilience.replication`).
+
+        An ack the replicas did not confirm is logged, not retried: the job's
+        outcome was confirmed before it, so a redelivery after a failover is a
+        no-op for the execution guard.
+        """
+        from resilience.errors import ReplicasBehind
+        from resilience.replication import confirm
+        from resilience.store import load_script
+
+        wanted, timeout_ms = int(self.channel.min_replicas_ack), int(self.channel.replica_ack_timeout_ms)
+        with self.channel.conn_or_acquire() as client:
+            pipe = client.pipeline(transaction=False)
+            load_script("unacked_remove")(keys=[self.unacked_key, self.unacked_index_key],
+                                          args=[delivery_tag], client=pipe)
+            pipe.wait(wanted, timeout_ms)
+            _, acked = pipe.execute()
+        virtual.QoS.ack(self, delivery_tag)
+        try:
+            confirm(acked, wanted, timeout_ms, f"ack of message {delivery_tag}")
+        except ReplicasBehind as err:
+            log.warning("%s", err)
 
     def reject(self, delivery_tag, requeue=False):
         try:
@@ -188,6 +215,15 @@ class HandoverQoS(kombu_redis.QoS):
         return None
 
 
+class _ClosedConnection:
+    """What kombu's Sentinel channel reads off its connection, for a channel whose connection is closed."""
+
+    def __init__(self, alt: list, default_port: int) -> None:
+        self.client = self
+        self.alt = alt
+        self.default_port = default_port
+
+
 class HandoverChannelMixin:
     """A Redis channel with :class:`HandoverQoS` and remembered connection parameters."""
 
@@ -195,7 +231,7 @@ class HandoverChannelMixin:
 
     def _connparams(self, asynchronous=False):
         transport = self.connection
-        if transport is not None and transport.client is not None:
+        if transport is not None and transport.client is not None and not isinstance(transport, _ClosedConnection):
             params = super()._connparams(asynchronous=asynchronous)
             self.__dict__.setdefault("_resilience_connparams", {})[asynchronous] = dict(params)
             return params
@@ -203,6 +239,22 @@ class HandoverChannelMixin:
         if remembered is None:
             return super()._connparams(asynchronous=asynchronous)
         return dict(remembered)
+
+    def _sentinel_managed_pool(self, asynchronous=False):
+        """kombu's Sentinel pool, also on a closed channel (it reads the sentinels off the connection)."""
+        transport = self.connection
+        if transport is not None and transport.client is not None:
+            self.__dict__["_resilience_sentinels"] = (list(transport.client.alt), transport.default_port)
+            return super()._sentinel_managed_pool(asynchronous)
+        remembered = self.__dict__.get("_resilience_sentinels")
+        if remembered is None:
+            return super()._sentinel_managed_pool(asynchronous)
+        alt, default_port = remembered
+        self.connection = _ClosedConnection(alt, default_port)
+        try:
+            return super()._sentinel_managed_pool(asynchronous)
+        finally:
+            self.connection = transport
 
 
 _channel_classes: dict[type, type] = {}

@@ -25,6 +25,7 @@ log = logging.getLogger(__name__)
 #: ``module:function`` of each feature's installer, called with the app.
 FEATURE_INSTALLERS: list[str] = [
     "resilience.sentinel:install",
+    "resilience.replication:install",
     "resilience.heartbeat:install",
     "resilience.health:install",
     "resilience.tracking:install",
