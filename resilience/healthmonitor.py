@@ -59,6 +59,8 @@ class HealthMonitor:
         self.last_ok_at: float | None = None
         self.heartbeat_at: float | None = None
         self.started_at = clock()
+        #: Under Sentinel: the primary and the replicas' lag, as last read (see :meth:`replication_check`).
+        self.replication: dict[str, Any] | None = None
 
     def client(self) -> redis.Redis:
         """A client with the short health timeouts; raises at once while the last PING failed."""
@@ -103,6 +105,27 @@ class HealthMonitor:
             self._drop_client()
         finally:
             self.checked_at = self._clock()
+            self._refresh_replication()
+
+    def _refresh_replication(self) -> None:
+        """Under Sentinel: who is primary now, the replicas' lag; a new primary is a failover."""
+        from resilience import sentinel
+        from resilience.store import redis_url
+
+        try:
+            url = redis_url(self.settings)
+        except Exception:  # noqa: BLE001 - no Redis configured yet: nothing to watch
+            return
+        if not sentinel.is_sentinel_url(url):
+            return
+        try:
+            view = sentinel.replication(url, self.settings, timeout=self.settings.health_redis_timeout_sec)
+        except Exception as exc:  # noqa: BLE001 - an observer never breaks what it observes
+            self.replication = {"mode": "sentinel", "error": f"{type(exc).__name__}: {exc}"}
+            return
+        self.replication = view
+        if not view.get("primary_down"):
+            sentinel.watch.observe(view["primary"], view["master_name"])
 
     def _probe_writes(self, client: redis.Redis) -> None:
         """Does Redis accept writes? A full one (maxmemory, noeviction) refuses them but answers PING."""
@@ -177,6 +200,15 @@ class HealthMonitor:
             result["error"] = "the Redis check has not run recently"
         return result
 
+    def replication_check(self) -> dict[str, Any] | None:
+        """``replication`` (Sentinel only, informational): the current primary and each replica's lag."""
+        if self.replication is None:
+            return None
+        view = dict(self.replication)
+        view["ok"] = "error" not in view and any(r.get("up") for r in view.get("replicas", ()))
+        view["failovers_seen"] = _failovers_seen()
+        return view
+
     def redis_full_check(self) -> dict[str, Any]:
         """``redis_full``: Redis answers but refuses writes (``maxmemory`` reached under ``noeviction``)."""
         if not self.redis_full:
@@ -198,6 +230,12 @@ class HealthMonitor:
         if not ok:
             result["error"] = f"last heartbeat {age}s ago (limit {self.settings.worker_heartbeat_timeout_sec}s)"
         return result
+
+
+def _failovers_seen() -> int:
+    from resilience import sentinel
+
+    return sentinel.watch.failovers
 
 
 def _report_full(worker: str | None, error: str | None) -> None:

@@ -142,7 +142,7 @@ def primary_address(url: str, settings: Settings, app: Any = None) -> tuple[str,
             node.close()
 
 
-def replication(url: str, settings: Settings, app: Any = None) -> dict[str, Any]:
+def replication(url: str, settings: Settings, app: Any = None, *, timeout: float | None = None) -> dict[str, Any]:
     """The operator's view: the current primary and each replica with its lag.
 
     ``lag_bytes`` is how far the replica's replication offset is behind the
@@ -153,6 +153,8 @@ def replication(url: str, settings: Settings, app: Any = None) -> dict[str, Any]
     target = parse(url)
     name = master_name(settings, app)
     options = sentinel_kwargs(settings)
+    if timeout is not None:
+        options.update(socket_timeout=timeout, socket_connect_timeout=timeout)
     last_error: Exception | None = None
     for host, port in target.sentinels:
         node = redis.Redis(host=host, port=port, decode_responses=True, **options)
@@ -166,7 +168,7 @@ def replication(url: str, settings: Settings, app: Any = None) -> dict[str, Any]
         finally:
             node.close()
         primary = (master["ip"], int(master["port"]))
-        primary_offset = _primary_offset(primary, target, settings)
+        primary_offset = _primary_offset(primary, target, options["socket_timeout"])
         view: dict[str, Any] = {
             "mode": "sentinel", "master_name": name, "primary": f"{primary[0]}:{primary[1]}",
             "primary_down": _flagged_down(master), "sentinels": len(sentinels) + 1, "replicas": [],
@@ -190,10 +192,9 @@ def _flagged_down(entry: dict[str, Any]) -> bool:
     return any(flag in {"s_down", "o_down", "disconnected"} for flag in names)
 
 
-def _primary_offset(primary: tuple[str, int], target: SentinelURL, settings: Settings) -> int | None:
+def _primary_offset(primary: tuple[str, int], target: SentinelURL, timeout: float) -> int | None:
     client = redis.Redis(host=primary[0], port=primary[1], password=target.password, username=target.username,
-                         socket_timeout=settings.redis_connect_timeout_sec,
-                         socket_connect_timeout=settings.redis_connect_timeout_sec)
+                         socket_timeout=timeout, socket_connect_timeout=timeout)
     try:
         return int(client.info("replication").get("master_repl_offset", 0))
     except (redis.RedisError, OSError, ValueError):
@@ -217,7 +218,7 @@ class FailoverWatch:
     failovers: int = 0
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
-    def observe(self, address: str) -> bool:
+    def observe(self, address: str, master: str = "") -> bool:
         """Record the primary seen now; True when it differs from the one seen before."""
         with self._lock:
             previous, self.primary = self.primary, address
@@ -228,13 +229,13 @@ class FailoverWatch:
         try:
             from resilience import metrics
 
-            metrics.redis_failovers.inc()
+            metrics.redis_failovers.labels(master=master).inc()
         except Exception:  # noqa: BLE001 - an observer never breaks what it observes
             log.debug("could not count the failover", exc_info=True)
         try:
             from resilience.alert_rules import redis_failover
 
-            redis_failover(previous, address)
+            redis_failover(previous, address, master=master)
         except Exception:  # noqa: BLE001
             log.exception("redis_failover alert not sent")
         return True
