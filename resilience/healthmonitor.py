@@ -61,6 +61,7 @@ class HealthMonitor:
         self.started_at = clock()
         #: Under Sentinel: the primary and the replicas' lag, as last read (see :meth:`replication_check`).
         self.replication: dict[str, Any] | None = None
+        self._url: str | None = None
 
     def client(self) -> redis.Redis:
         """A client with the short health timeouts; raises at once while the last PING failed."""
@@ -75,8 +76,9 @@ class HealthMonitor:
             from resilience.store import new_client, redis_url
 
             timeout = self.settings.health_redis_timeout_sec
+            self._url = redis_url(self.settings)
             self._client = new_client(
-                redis_url(self.settings), self.settings, socket_timeout=timeout, socket_connect_timeout=timeout,
+                self._url, self.settings, socket_timeout=timeout, socket_connect_timeout=timeout,
                 retry=None, retry_on_timeout=False, decode_responses=True)
         return self._client
 
@@ -110,12 +112,8 @@ class HealthMonitor:
     def _refresh_replication(self) -> None:
         """Under Sentinel: who is primary now, the replicas' lag; a new primary is a failover."""
         from resilience import sentinel
-        from resilience.store import redis_url
 
-        try:
-            url = redis_url(self.settings)
-        except Exception:  # noqa: BLE001 - no Redis configured yet: nothing to watch
-            return
+        url = self._url
         if not sentinel.is_sentinel_url(url):
             return
         try:

@@ -120,15 +120,11 @@ def collect(app=None, *, now: float | None = None, top_errors: int = 5, client=N
 def _redis_topology(settings, app) -> dict[str, Any]:
     """``{"redis": {...}}`` under Sentinel: the current primary and each replica's lag (else nothing)."""
     from resilience import sentinel
-    from resilience.store import redis_url
+    from resilience.runtime import bound_app
+    from resilience.store import app_broker_url
 
-    url = settings.redis_url or ""
-    if not sentinel.is_sentinel_url(url):
-        try:
-            url = redis_url(settings, app)
-        except Exception:  # noqa: BLE001 - the store read above already reached Redis; nothing else to show
-            return {}
-    if not sentinel.is_sentinel_url(url):
+    url = settings.redis_url or app_broker_url(app if app is not None else bound_app())
+    if not sentinel.is_sentinel_url(url):  # the embedded Redis is never under Sentinel
         return {}
     try:
         return {"redis": sentinel.replication(url, settings, app)}

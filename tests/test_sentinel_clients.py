@@ -7,6 +7,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -24,7 +25,8 @@ CHECKOUT = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture
-def ha(tmp_path):
+def ha(tmp_path, app):
+    assert app.conf.broker_url.startswith("redis://")  # configured for the session's Redis, not this topology
     with SentinelTopology(tmp_path / "ha").start() as topology:
         with configure(redis_url=topology.url, redis_sentinel_master=topology.master_name,
                        data_dir=str(tmp_path / "data")):
@@ -159,3 +161,37 @@ def test_the_health_check_names_the_primary_and_each_replicas_lag(ha):
     check = monitor.replication_check()
     assert check["ok"] and check["primary"] == ha.primary().address
     assert all("lag_bytes" in r for r in check["replicas"])
+
+
+def test_up_ha_runs_the_platform_on_a_local_topology_that_survives_a_failover(tmp_path, app):
+    from resilience.keys import keys
+    from resilience.supervisor import Platform
+
+    # The session's app is configured (for the private Redis) before `up` loads it here: its
+    # configuration module reads REDIS_URL once, and the topology is gone after this test.
+    assert app.conf.broker_url.startswith("redis://")
+    with configure(redis_url="", redis_sentinel_master="", data_dir=str(tmp_path / "data"),
+                   worker_heartbeat_interval_sec=0.5, health_port=0):
+        platform = Platform(beat=False, flower=False, ha=True, log_to_files=True)
+        try:
+            platform.start()
+            assert sentinel.is_sentinel_url(platform.redis_url) and platform.topology is not None
+            nodes = list(platform.topology.nodes)
+
+            def beating() -> float | None:
+                client = platform.topology.primary().client()
+                try:
+                    return max((score for _, score in client.zrange(keys().worker_heartbeats, 0, -1,
+                                                                     withscores=True)), default=None)
+                finally:
+                    client.close()
+
+            wait_for(beating, 90, message="the worker's heartbeat on the topology's primary")
+            old, new, took = platform.fail_over()  # what `resilience demo --failover-after` does
+            assert old != new and took > 0
+            killed_at = time.time()
+            wait_for(lambda: (beating() or 0) > killed_at, 60, message="the worker's heartbeat on the new primary")
+            assert all(child.process.poll() is None for child in platform.children)
+        finally:
+            platform.stop()
+    assert not any(node.ping() for node in nodes)
