@@ -258,10 +258,17 @@ class SentinelTopology:
         node = wait_for(promoted, timeout, interval=0.05, message=f"a replica to replace the primary on {old.port}")
         return node, time.time()
 
-    def restart(self, node: RedisNode, timeout: float = 30.0) -> RedisNode:
-        """Start a killed node again, as a replica of the current primary (what a demoted primary becomes)."""
-        node.replica_of = self.primary().port
+    def restart(self, node: RedisNode, timeout: float = 30.0, *, as_replica: bool = True) -> RedisNode:
+        """Start a killed node again with its data; it ends up a replica of the current primary.
+
+        ``as_replica=True`` starts it as one (``--replicaof``); ``False`` starts it as it was
+        (a killed primary comes back believing it is the primary, with what its AOF holds) and
+        waits for the sentinels to demote it.
+        """
+        node.replica_of = self.primary().port if as_replica else node.replica_of
         node.start(timeout)
+        if not as_replica:
+            wait_for(lambda: node.role() == "slave", timeout, message=f"the sentinels to demote {node.address}")
         if node.role() not in {"slave", "master"}:
             raise EmbeddedRedisError(f"redis-server on {node.port} did not come back")
         self.wait_replicas_in_sync(timeout)
