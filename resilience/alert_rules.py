@@ -4,6 +4,9 @@ Called by other features when something happens:
 
 * :func:`redis_unreachable` (the Redis-outage feature): Redis unreachable for
   longer than ``ALERT_REDIS_DOWN_SEC`` -> critical, rule ``redis_unreachable``;
+* :func:`redis_failover` (:mod:`resilience.sentinel`): Sentinel promoted a new
+  primary -> warning, rule ``redis_failover``, subject ``<master>:<new primary>``,
+  so every process that notices the same failover shares one alert;
 * :func:`breaker_state_changed` (the breaker feature): rule ``breaker_state``,
   subject ``<breaker>:<state>``, so an "opened" and the following "closed" are
   two alerts, each deduplicated on its own;
@@ -41,7 +44,7 @@ from resilience.store import get_redis
 
 __all__ = [
     "breaker_state_changed", "check_dead_letter_growth", "check_error_rate", "check_queue_backlog",
-    "check_workers", "evaluate", "redis_unreachable", "stuck_jobs_recovered",
+    "check_workers", "evaluate", "redis_failover", "redis_unreachable", "stuck_jobs_recovered",
 ]
 
 log = logging.getLogger(__name__)
@@ -58,6 +61,14 @@ def redis_unreachable(seconds: float, *, detail: str = "") -> bool:
           message=f"Redis has been unreachable for {seconds:.0f}s (threshold {threshold}s). {detail}".strip(),
           component="redis", context={"seconds": round(seconds, 1), "threshold_sec": threshold})
     return True
+
+
+def redis_failover(previous: str, primary: str, *, master: str = "") -> None:
+    """Sentinel promoted a new Redis primary: one warning per new primary (subject: its address)."""
+    alert("redis_failover", f"{master}:{primary}", level="warning", title="Redis failover",
+          message=f"the sentinels promoted {primary} to primary of {master or 'Redis'} (was {previous}); "
+                  "clients follow it, check why the old primary went down",
+          component="redis", context={"master": master, "primary": primary, "previous": previous})
 
 
 def breaker_state_changed(name: str, state: str, *, failures: int | None = None,

@@ -135,15 +135,24 @@ def is_outage(err: BaseException | None) -> bool:
     """Whether ``err`` (or an error it was raised from) is a connection failure or a full Redis,
     not a caller's mistake.
 
+    A ``READONLY`` reply (a primary demoted by a Sentinel failover) and
+    :class:`~resilience.errors.ReplicasBehind` count as outages too.
+
     Celery's Redis result backend turns a lost connection into a bare
     RuntimeError ("Retry limit exceeded while trying to reconnect to the Celery
     result store"), so causes and contexts are followed too.
     """
     from kombu.exceptions import OperationalError
     from redis.exceptions import ConnectionError as RedisConnectionError
+    from redis.exceptions import ReadOnlyError
     from redis.exceptions import TimeoutError as RedisTimeoutError
 
-    outage_types = (OperationalError, RedisConnectionError, RedisTimeoutError, ConnectionError, TimeoutError, OSError)
+    from resilience.errors import ReplicasBehind
+
+    # READONLY: a primary demoted to replica by a failover; the client must find the new one.
+    # ReplicasBehind: the primary took the write but too few replicas confirmed it.
+    outage_types = (OperationalError, RedisConnectionError, RedisTimeoutError, ReadOnlyError, ReplicasBehind,
+                    ConnectionError, TimeoutError, OSError)
     return any(isinstance(e, outage_types) for e in _chain(err)) or is_redis_full(err)
 
 

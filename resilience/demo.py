@@ -69,6 +69,8 @@ class Demo:
     errors: Counter = field(default_factory=Counter)
     outage_after: float | None = None
     outage_note: str = ""
+    ha: bool = False
+    failover_after: float | None = None
     _stop: threading.Event = field(default_factory=threading.Event)
     alert_receiver: object | None = None
     app_spec: str = BUNDLED_APP
@@ -137,6 +139,19 @@ class Demo:
         platform.bounce_embedded_redis(down_for, wait=self._stop.wait)
         self.outage_note = "Redis back: spool flushing, workers reconnecting"
 
+    def failover(self, platform: Platform, after: float) -> None:
+        """SIGKILL the primary of the local Sentinel topology; Sentinel promotes a replica."""
+        if self._stop.wait(after) or platform.topology is None:
+            return
+        self.outage_note = f"primary {platform.topology.primary().address} killed (--failover-after)"
+        try:
+            old, new, took = platform.fail_over()
+        except Exception as exc:  # noqa: BLE001 - the demo goes on; the status view shows the topology
+            self.outage_note = f"failover not completed: {exc}"
+            return
+        self.outage_note = (f"failover: {new} promoted {took:.1f}s after {old} was killed; "
+                            f"{old} is back as a replica")
+
     def view(self, platform: Platform, started: float):
         from resilience.status import collect, render
 
@@ -173,7 +188,7 @@ class Demo:
         from resilience.webhook_receiver import start_demo_receiver
 
         self.alert_receiver = start_demo_receiver()  # alerts shown live when no webhook is configured
-        platform = Platform(app_spec=self.app_spec, flower=self.flower, log_to_files=True).start()
+        platform = Platform(app_spec=self.app_spec, flower=self.flower, log_to_files=True, ha=self.ha).start()
         # Import the app and its job modules before the workload thread uses them: two
         # threads importing one module at once deadlock on the module lock.
         self.app = load_app(self.app_spec)
@@ -187,6 +202,9 @@ class Demo:
             feeder.start()
             if self.outage_after is not None:
                 threading.Thread(target=self.outage, args=(platform, self.outage_after), name="demo-outage",
+                                 daemon=True).start()
+            if self.failover_after is not None:
+                threading.Thread(target=self.failover, args=(platform, self.failover_after), name="demo-failover",
                                  daemon=True).start()
             with Live(self.view(platform, started), console=console, refresh_per_second=2) as live:
                 while not self._stop.is_set():

@@ -18,7 +18,8 @@
     ├── ReplayRefused               a dead-letter entry names a queue that is not the app's
     ├── EmbeddedRedisError          the embedded redis-server could not start
     │   └── RedisNotRunning         none runs, and this process may not start one
-    └── StoreUnavailable            the platform's Redis store did not answer
+    ├── StoreUnavailable            the platform's Redis store did not answer
+    └── ReplicasBehind              fewer replicas than REDIS_MIN_REPLICAS_ACK confirmed a write in time
 
 Control flow (Celery's ``Retry``, ``Ignore``, ``Reject``, and
 :class:`JobNotStarted`, a ``Reject``) is kept apart from these errors: it is
@@ -143,6 +144,22 @@ class RedisNotRunning(EmbeddedRedisError):
 
 class StoreUnavailable(ResilienceError, ConnectionError):
     """The platform's Redis store did not answer in time."""
+
+
+class ReplicasBehind(ResilienceError):
+    """A write reached the primary but too few replicas confirmed it within the timeout.
+
+    The write may be lost if the primary fails now, so the platform treats it
+    as not done: a publish stays in the spool and goes out again, a job's
+    start is withdrawn and its message put back, a job's outcome is written
+    again. Classified as an outage (:func:`resilience.connection.is_outage`);
+    deliberately not an ``OSError``, so kombu does not tear the connection down
+    for it.
+    """
+
+    def __init__(self, what: str, acked: int, wanted: int, timeout_ms: int) -> None:
+        self.acked, self.wanted = acked, wanted
+        super().__init__(f"{what}: {acked} of {wanted} replica(s) confirmed it within {timeout_ms} ms")
 
 
 class JobNotStarted(Reject):

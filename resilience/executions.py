@@ -44,7 +44,7 @@ from typing import Any
 
 from celery.states import STARTED, SUCCESS
 
-from resilience import connection, pending_writes, resultbackend
+from resilience import connection, pending_writes, replication, resultbackend
 from resilience.identity import worker_id
 from resilience.keys import keys
 from resilience.settings import get_settings
@@ -139,7 +139,8 @@ def begin(task, args, kwargs, *, now: float | None = None) -> Decision:
         script_keys.append(k.idempotency(entry["idempotency_key"]))
     started = resultbackend.folded_state_write(task, STARTED, None)
     try:
-        result = load_script("job_start")(
+        result = replication.run_script(
+            "job_start",
             keys=script_keys + ([started[0]] if started else []),
             args=[
                 request.id, entry["worker"], repr(now), request.retries or 0,
@@ -149,6 +150,7 @@ def begin(task, args, kwargs, *, now: float | None = None) -> Decision:
                 progress_timeout_of(task), token, entry["publish"] or "",
                 *(started[1:] if started else ("", 0)),
             ],
+            what=f"the start of job {request.id}", settings=settings,
         )
     except Exception as err:
         if connection.is_outage(err) and settings.feature_enhanced_redis:
@@ -227,12 +229,13 @@ def finish_job(job_id: str, owner: str, outcome: str, *, attempt: int = 0,
         script_keys.append(stored[0])
     elif release_key and settings.feature_idempotency:
         script_keys.append(k.idempotency(release_key))
-    load_script("job_finish")(
+    replication.run_script(
+        "job_finish",
         keys=script_keys,
         args=[job_id, owner, outcome, attempt, repr(_now() if now is None else now),
               settings.idempotency_ttl_sec, int(settings.feature_idempotency),
               *(stored[1:] if stored else ("", 0))],
-        client=pipe,
+        client=pipe, what=f"the outcome {outcome!r} of job {job_id}", settings=settings,
     )
 
 

@@ -26,8 +26,9 @@ The worker's consumer connection therefore uses :class:`HandoverQoS`:
 kombu defect worked around here as well: after a connection is closed, its
 channel's ``_connparams()`` reads ``self.connection.client``, which closing
 set to None, so a late ack or a restore on that channel raises AttributeError
-instead of using Redis. :class:`HandoverChannelMixin` remembers the last
-connection parameters so those calls reach Redis (or fail as the connection
+instead of using Redis (the Sentinel channel reads its sentinels from there
+too). :class:`HandoverChannelMixin` remembers the last connection parameters
+and sentinel addresses so those calls reach Redis (or fail as the connection
 errors they are). It also reuses one redis-py client per connection pool
 where kombu builds one per operation (see the class).
 
@@ -45,7 +46,7 @@ import threading
 import redis
 from kombu.transport import redis as kombu_redis
 from kombu.transport import virtual
-from redis.exceptions import OutOfMemoryError
+from redis.exceptions import OutOfMemoryError, ReadOnlyError
 
 from resilience import connection, unacked
 from resilience.store import get_redis
@@ -118,8 +119,9 @@ def _running_tags() -> set[str]:
 
 
 def _unreachable(channel) -> tuple[type[BaseException], ...]:
-    """What counts as "Redis cannot take this now": connection errors and a full Redis."""
-    return (*channel.connection_errors, OutOfMemoryError)
+    """What counts as "Redis cannot take this now": connection errors, a full Redis, and a
+    primary demoted by a failover (``READONLY``)."""
+    return (*channel.connection_errors, OutOfMemoryError, ReadOnlyError)
 
 
 class HandoverQoS(kombu_redis.QoS):
@@ -142,9 +144,13 @@ class HandoverQoS(kombu_redis.QoS):
                         "it is kept and put back when the broker is reachable", delivery_tag)
             if isinstance(err, OutOfMemoryError):
                 raise redis.ConnectionError(f"Redis is full and refuses writes: {err}") from err
+            if isinstance(err, ReadOnlyError):
+                raise redis.ConnectionError(f"Redis answered READONLY (a demoted primary): {err}") from err
             raise
 
     def ack(self, delivery_tag):
+        if int(getattr(self.channel, "min_replicas_ack", 0) or 0):
+            return self._confirmed_ack(delivery_tag)
         try:
             return super().ack(delivery_tag)
         except OutOfMemoryError:
@@ -156,6 +162,30 @@ class HandoverQoS(kombu_redis.QoS):
                 client.zrem(self.unacked_index_key, delivery_tag)
             virtual.QoS.ack(self, delivery_tag)
             return None
+
+    def _confirmed_ack(self, delivery_tag):
+        """The ack followed by WAIT (replica acknowledgement, :mod:`resilience.replication`).
+
+        An ack the replicas did not confirm is logged, not retried: the job's
+        outcome was confirmed before it, so a redelivery after a failover is a
+        no-op for the execution guard.
+        """
+        from resilience.errors import ReplicasBehind
+        from resilience.replication import confirm
+        from resilience.store import load_script
+
+        wanted, timeout_ms = int(self.channel.min_replicas_ack), int(self.channel.replica_ack_timeout_ms)
+        with self.channel.conn_or_acquire() as client:
+            pipe = client.pipeline(transaction=False)
+            load_script("unacked_remove")(keys=[self.unacked_key, self.unacked_index_key],
+                                          args=[delivery_tag], client=pipe)
+            pipe.wait(wanted, timeout_ms)
+            _, acked = pipe.execute()
+        virtual.QoS.ack(self, delivery_tag)
+        try:
+            confirm(acked, wanted, timeout_ms, f"ack of message {delivery_tag}")
+        except ReplicasBehind as err:
+            log.warning("%s", err)
 
     def reject(self, delivery_tag, requeue=False):
         try:
@@ -187,6 +217,15 @@ class HandoverQoS(kombu_redis.QoS):
         return None
 
 
+class _ClosedConnection:
+    """What kombu's Sentinel channel reads off its connection, for a channel whose connection is closed."""
+
+    def __init__(self, alt: list, default_port: int) -> None:
+        self.client = self
+        self.alt = alt
+        self.default_port = default_port
+
+
 class HandoverChannelMixin:
     """A Redis channel with :class:`HandoverQoS`, remembered connection parameters,
     and one redis-py client per connection pool.
@@ -211,7 +250,7 @@ class HandoverChannelMixin:
 
     def _connparams(self, asynchronous=False):
         transport = self.connection
-        if transport is not None and transport.client is not None:
+        if transport is not None and transport.client is not None and not isinstance(transport, _ClosedConnection):
             params = super()._connparams(asynchronous=asynchronous)
             self.__dict__.setdefault("_resilience_connparams", {})[asynchronous] = dict(params)
             return params
@@ -219,6 +258,22 @@ class HandoverChannelMixin:
         if remembered is None:
             return super()._connparams(asynchronous=asynchronous)
         return dict(remembered)
+
+    def _sentinel_managed_pool(self, asynchronous=False):
+        """kombu's Sentinel pool, also on a closed channel (it reads the sentinels off the connection)."""
+        transport = self.connection
+        if transport is not None and transport.client is not None:
+            self.__dict__["_resilience_sentinels"] = (list(transport.client.alt), transport.default_port)
+            return super()._sentinel_managed_pool(asynchronous)
+        remembered = self.__dict__.get("_resilience_sentinels")
+        if remembered is None:
+            return super()._sentinel_managed_pool(asynchronous)
+        alt, default_port = remembered
+        self.connection = _ClosedConnection(alt, default_port)
+        try:
+            return super()._sentinel_managed_pool(asynchronous)
+        finally:
+            self.connection = transport
 
 
 _channel_classes: dict[type, type] = {}

@@ -20,6 +20,8 @@ Checks of ``/health`` (each ``{"ok": bool, ...details}``):
 * ``redis_full``: Redis accepts writes (a probe key; a full Redis answers PING);
 * ``heartbeat``: this worker's heartbeat in Redis is younger than
   ``WORKER_HEARTBEAT_TIMEOUT_SEC`` (with the stuck-jobs feature on);
+* ``replication`` (under Sentinel; informational): the current primary, each
+  replica's lag in bytes and link state, and the failovers this worker saw;
 * any check another feature registered with :func:`register_check`.
 
 ``/ready`` says whether the worker takes work, and its body tells an
@@ -201,6 +203,9 @@ class WorkerProbe:
         results["pool"] = (self.pool_check(), True)
         if self.monitor is not None:
             results["heartbeat"] = (self.monitor.heartbeat_check(), True)
+            replication = self.monitor.replication_check()
+            if replication is not None:  # Sentinel: informational, the "redis" check decides
+                results["replication"] = ({**replication, "critical": False}, False)
         for name, value in _run_registered().items():
             results.setdefault(name, value)
         return results

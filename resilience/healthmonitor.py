@@ -59,6 +59,9 @@ class HealthMonitor:
         self.last_ok_at: float | None = None
         self.heartbeat_at: float | None = None
         self.started_at = clock()
+        #: Under Sentinel: the primary and the replicas' lag, as last read (see :meth:`replication_check`).
+        self.replication: dict[str, Any] | None = None
+        self._url: str | None = None
 
     def client(self) -> redis.Redis:
         """A client with the short health timeouts; raises at once while the last PING failed."""
@@ -70,11 +73,12 @@ class HealthMonitor:
 
     def _redis(self) -> redis.Redis:
         if self._client is None:
-            from resilience.store import redis_url
+            from resilience.store import new_client, redis_url
 
             timeout = self.settings.health_redis_timeout_sec
-            self._client = redis.Redis.from_url(
-                redis_url(self.settings), socket_timeout=timeout, socket_connect_timeout=timeout,
+            self._url = redis_url(self.settings)
+            self._client = new_client(
+                self._url, self.settings, socket_timeout=timeout, socket_connect_timeout=timeout,
                 retry=None, retry_on_timeout=False, decode_responses=True)
         return self._client
 
@@ -103,6 +107,23 @@ class HealthMonitor:
             self._drop_client()
         finally:
             self.checked_at = self._clock()
+            self._refresh_replication()
+
+    def _refresh_replication(self) -> None:
+        """Under Sentinel: who is primary now, the replicas' lag; a new primary is a failover."""
+        from resilience import sentinel
+
+        url = self._url
+        if not sentinel.is_sentinel_url(url):
+            return
+        try:
+            view = sentinel.replication(url, self.settings, timeout=self.settings.health_redis_timeout_sec)
+        except Exception as exc:  # noqa: BLE001 - an observer never breaks what it observes
+            self.replication = {"mode": "sentinel", "error": f"{type(exc).__name__}: {exc}"}
+            return
+        self.replication = view
+        if not view.get("primary_down"):
+            sentinel.watch.observe(view["primary"], view["master_name"])
 
     def _probe_writes(self, client: redis.Redis) -> None:
         """Does Redis accept writes? A full one (maxmemory, noeviction) refuses them but answers PING."""
@@ -177,6 +198,15 @@ class HealthMonitor:
             result["error"] = "the Redis check has not run recently"
         return result
 
+    def replication_check(self) -> dict[str, Any] | None:
+        """``replication`` (Sentinel only, informational): the current primary and each replica's lag."""
+        if self.replication is None:
+            return None
+        view = dict(self.replication)
+        view["ok"] = "error" not in view and any(r.get("up") for r in view.get("replicas", ()))
+        view["failovers_seen"] = _failovers_seen()
+        return view
+
     def redis_full_check(self) -> dict[str, Any]:
         """``redis_full``: Redis answers but refuses writes (``maxmemory`` reached under ``noeviction``)."""
         if not self.redis_full:
@@ -198,6 +228,12 @@ class HealthMonitor:
         if not ok:
             result["error"] = f"last heartbeat {age}s ago (limit {self.settings.worker_heartbeat_timeout_sec}s)"
         return result
+
+
+def _failovers_seen() -> int:
+    from resilience import sentinel
+
+    return sentinel.watch.failovers
 
 
 def _report_full(worker: str | None, error: str | None) -> None:

@@ -24,6 +24,8 @@ log = logging.getLogger(__name__)
 
 #: ``module:function`` of each feature's installer, called with the app.
 FEATURE_INSTALLERS: list[str] = [
+    "resilience.sentinel:install",
+    "resilience.replication:install",
     "resilience.heartbeat:install",
     "resilience.health:install",
     "resilience.tracking:install",

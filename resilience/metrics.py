@@ -7,6 +7,7 @@ Counters any feature may increment, from any process of the worker::
     metrics.alerts_sent.labels(rule="breaker_state", level="critical").inc()
     metrics.alerts_suppressed.labels(rule="breaker_state").inc()
     metrics.redis_reconnects.labels(client="publisher").inc()
+    metrics.redis_failovers.labels(master="mymaster").inc()
 
 The job lifecycle (started, succeeded, failed, retried, run time) is counted
 here from Celery's task signals. So is ``jobs_dead_lettered`` for jobs that
@@ -73,7 +74,7 @@ from prometheus_client.utils import floatToGoString
 __all__ = [
     "CONTENT_TYPE_LATEST", "FLUSH_INTERVAL_SEC", "REGISTRY", "alerts_sent", "alerts_suppressed", "exposition",
     "flush", "job_runtime", "jobs_dead_lettered", "jobs_failed", "jobs_retried", "jobs_started", "jobs_succeeded",
-    "redis_reconnects", "redis_disconnects", "stuck_jobs_recovered", "use_multiprocess_dir",
+    "redis_failovers", "redis_reconnects", "redis_disconnects", "stuck_jobs_recovered", "use_multiprocess_dir",
 ]
 
 log = logging.getLogger(__name__)
@@ -322,6 +323,8 @@ redis_reconnects = Counter("resilience_redis_reconnects", "Redis connections re-
                            ["client"], registry=_FAMILIES)
 redis_disconnects = Counter("resilience_redis_disconnects", "Redis connections found lost",
                             ["client"], registry=_FAMILIES)
+redis_failovers = Counter("resilience_redis_failovers", "Changes of the Redis primary seen (Sentinel failovers)",
+                          ["master"], registry=_FAMILIES)
 alerts_sent = Counter("resilience_alerts_sent", "Alerts delivered", ["rule", "level"], registry=_FAMILIES)
 alerts_suppressed = Counter("resilience_alerts_suppressed", "Alerts withheld by the repeat window", ["rule"],
                             registry=_FAMILIES)

@@ -27,7 +27,7 @@ import time
 
 from celery.worker.consumer.consumer import Consumer
 from celery.worker.state import maybe_shutdown
-from redis.exceptions import OutOfMemoryError
+from redis.exceptions import OutOfMemoryError, ReadOnlyError
 
 from resilience import connection, handover
 from resilience.backoff import ExponentialBackoff
@@ -86,7 +86,8 @@ class ResilientConsumer(Consumer):
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
-        self.connection_errors = (*self.connection_errors, OutOfMemoryError)
+        # A full Redis, and a primary demoted by a failover (READONLY), are connection losses here.
+        self.connection_errors = (*self.connection_errors, OutOfMemoryError, ReadOnlyError)
 
     def ensure_connected(self, conn):
         backoff = reconnect_backoff()

@@ -30,7 +30,7 @@ subclass changes three things and keeps every other behaviour of Celery's:
   before it reads the stored state, so a result stored in between is not missed.
 
 :func:`install` selects it through Celery's ``<backend class>+<url>`` form
-(``app.backend_cls``) for ``redis://`` and ``rediss://`` result backends when
+(``app.backend_cls``) for ``redis://``, ``rediss://`` and ``sentinel://`` result backends when
 ``FEATURE_ENHANCED_REDIS``, ``FEATURE_IDEMPOTENCY`` or ``FEATURE_STUCK_JOBS``
 is on; the URL and every other setting stay as configured.
 """
@@ -40,14 +40,14 @@ from __future__ import annotations
 import math
 
 from celery import states
-from celery.backends.redis import RedisBackend
+from celery.backends.redis import RedisBackend, SentinelBackend
 from kombu.utils.encoding import bytes_to_str
 from redis.backoff import NoBackoff
 
 from resilience.connection import TrackedRetry
 from resilience.settings import Settings, get_settings
 
-__all__ = ["TrackedRedisBackend", "install", "folded_state_write"]
+__all__ = ["TrackedRedisBackend", "TrackedSentinelBackend", "install", "folded_state_write"]
 
 #: Set on a job's request by the backend: the STARTED result the start script stores.
 STARTED_ATTR = "resilience_started"
@@ -58,7 +58,9 @@ STORED_ATTR = "resilience_stored"
 _SERVER_OPTIONS = ("host", "port", "path", "db")
 
 
-class TrackedRedisBackend(RedisBackend):
+class _Tracked:
+    """What the platform changes in Celery's Redis and Sentinel result backends."""
+
     def _create_client(self, **params):
         if get_settings().feature_enhanced_redis:
             params.setdefault("retry", TrackedRetry("result_backend", NoBackoff(), 0))
@@ -85,9 +87,7 @@ class TrackedRedisBackend(RedisBackend):
             return False
         from resilience.store import get_redis
 
-        ours = self.client.connection_pool.connection_kwargs
-        store = get_redis().connection_pool.connection_kwargs
-        return all(ours.get(option) == store.get(option) for option in _SERVER_OPTIONS)
+        return _server_of(self.client.connection_pool) == _server_of(get_redis().connection_pool)
 
     def state_write(self, task_id, result, state, request) -> tuple[bytes, str, int] | None:
         """The key, encoded meta and expiry (s; 0 for none) Celery would write, or None.
@@ -109,6 +109,23 @@ class TrackedRedisBackend(RedisBackend):
         return self.get_key_for_task(task_id), value, math.ceil(expires) if expires else 0
 
 
+class TrackedRedisBackend(_Tracked, RedisBackend):
+    """Celery's Redis result backend, with the platform's changes."""
+
+
+class TrackedSentinelBackend(_Tracked, SentinelBackend):
+    """Celery's Sentinel result backend (``sentinel://...;sentinel://...``), with the platform's changes."""
+
+
+def _server_of(pool) -> tuple:
+    """The Redis server and database a connection pool reaches: its address, or its Sentinel service."""
+    kwargs = pool.connection_kwargs
+    service = getattr(pool, "service_name", None)
+    if service is not None:
+        return ("sentinel", service, kwargs.get("db"))
+    return tuple(kwargs.get(option) for option in _SERVER_OPTIONS)
+
+
 def folded_state_write(task, state: str, result) -> tuple[bytes, str, int] | None:
     """What a script should store as the job's ``state``, or None if Celery stores it.
 
@@ -117,7 +134,7 @@ def folded_state_write(task, state: str, result) -> tuple[bytes, str, int] | Non
     """
     request = task.request
     backend = task.backend
-    if not isinstance(backend, TrackedRedisBackend):
+    if not isinstance(backend, _Tracked):
         return None
     if state == states.STARTED:
         if not hasattr(request, STARTED_ATTR):
@@ -143,5 +160,7 @@ def install(app, settings: Settings) -> None:
                                or settings.feature_stuck_jobs):
         return
     url = app.conf.result_backend
-    if isinstance(url, str) and url.split("://", 1)[0] in {"redis", "rediss"}:
-        app.backend_cls = f"{__name__}:{TrackedRedisBackend.__name__}+{url}"
+    scheme = url.split("://", 1)[0].lower() if isinstance(url, str) else ""
+    backend = {"redis": TrackedRedisBackend, "rediss": TrackedRedisBackend, "sentinel": TrackedSentinelBackend}
+    if scheme in backend:
+        app.backend_cls = f"{__name__}:{backend[scheme].__name__}+{url}"

@@ -185,13 +185,17 @@ def schedule(task, args, kwargs, job_id: str, options: dict, fallback: Callable,
     properties = (getattr(request, "properties", None) or {}) if retry else {}
     from resilience.outage import within_deadline
 
-    within_deadline(lambda: load_script("schedule")(
+    from resilience.replication import run_script
+
+    within_deadline(lambda: run_script(
+        "schedule",
         keys=[k.scheduled, k.scheduled_payloads, k.job_state(job_id), k.active, k.active_deadlines,
               k.kombu_unacked(transport), k.kombu_unacked_index(transport)],
         args=[job_id, repr(due), json.dumps({"queue": queue_key, "message": envelope}), int(retry),
               owner_of(task) if retry else "", int(options.get("retries") or 0), repr(now),
               settings.idempotency_ttl_sec, int(settings.feature_idempotency),
               properties.get("delivery_tag") or ""],
+        what=f"the delayed run of job {job_id}", settings=settings,
     ))
     return task.AsyncResult(job_id)
 

@@ -58,6 +58,8 @@ def masked_url(url: str) -> str:
     token often sits there. Plain string work, no URL parser: a password holding
     ``/``, ``?`` or ``#`` (unencoded) is masked too, up to the last ``@``.
     """
+    if ";" in url and url.lower().startswith("sentinel://"):  # kombu's list of sentinels: mask each
+        return ";".join(masked_url(part) for part in url.split(";"))
     scheme, sep, rest = url.partition("://")
     if not sep:  # no URL (a missing scheme, say), but maybe user:password@host
         return MASK + "@" + url.rpartition("@")[2] if "@" in url else url
@@ -146,15 +148,46 @@ def _redis_url(name: str, raw: str) -> str | None:
     value = raw.strip()
     if not value:
         return None
+    if value.lower().startswith("sentinel://"):
+        _sentinel_urls(name, raw, value)
+        return value
     try:
         parts = urlsplit(value)
         parts.port  # noqa: B018 - parsed on access: a non-numeric or out-of-range port raises here
     except ValueError:
         raise SettingsError(name, raw, "not a valid URL (check its host and port)") from None
     if parts.scheme not in {"redis", "rediss", "unix"}:
-        raise SettingsError(name, raw, "expected a redis://, rediss:// or unix:// URL")
+        raise SettingsError(name, raw, "expected a redis://, rediss://, unix:// or sentinel:// URL")
     if parts.scheme != "unix" and not parts.hostname:
         raise SettingsError(name, raw, "the URL has no host")
+    return value
+
+
+def _sentinel_urls(name: str, raw: str, value: str) -> None:
+    """Check kombu's Sentinel form: ``sentinel://[:password@]host:port[/db]``, several joined by ``;``."""
+    for part in value.split(";"):
+        part = part.strip()
+        try:
+            parts = urlsplit(part)
+            parts.port  # noqa: B018 - parsed on access
+        except ValueError:
+            raise SettingsError(name, raw, "not a valid sentinel:// URL (check each host and port)") from None
+        if parts.scheme.lower() != "sentinel":
+            raise SettingsError(name, raw, "every address of a Sentinel URL must be sentinel://host:port, "
+                                           "joined by ';'")
+        if not parts.hostname:
+            raise SettingsError(name, raw, "a sentinel:// address has no host")
+        db = parts.path.strip("/")
+        if db and not db.isdigit():
+            raise SettingsError(name, raw, "the database of a sentinel:// URL must be a number")
+
+
+def _master_name(name: str, raw: str) -> str | None:
+    value = raw.strip()
+    if not value:
+        return None
+    if any(c.isspace() for c in value):
+        raise SettingsError(name, raw, "a Sentinel master name has no spaces")
     return value
 
 
@@ -218,6 +251,15 @@ class Settings:
     # -- Redis -------------------------------------------------------------
     redis_url: str | None = _setting("REDIS_URL", None, _redis_url,
         "Redis for broker, results and platform state; unset starts an embedded redis-server")
+    redis_sentinel_master: str | None = _setting("REDIS_SENTINEL_MASTER", None, _master_name,
+        "Name of the primary the sentinels monitor; required when REDIS_URL is sentinel://h1:26379;sentinel://h2:26379")
+    redis_sentinel_password: str | None = _setting("REDIS_SENTINEL_PASSWORD", None, _optional_str,
+        "Password of the sentinels themselves (the primary's password goes in REDIS_URL: sentinel://:pw@h1:26379;...)")
+    redis_min_replicas_ack: int = _setting("REDIS_MIN_REPLICAS_ACK", 0, _non_negative_int,
+        "Replicas that must confirm (WAIT) a publish, a job's start and its outcome before they count as done; "
+        "0: off")
+    redis_replica_ack_timeout_ms: int = _setting("REDIS_REPLICA_ACK_TIMEOUT_MS", 500, _positive_int,
+        "Longest wait for the replicas' confirmation; a publish not confirmed in time stays in the spool")
     data_dir: str = _setting("RESILIENCE_DATA_DIR", ".resilience", _plain_str,
         "Local state: embedded Redis data (AOF), its address, the publish spool, beat schedule")
     key_prefix: str = _setting("RESILIENCE_KEY_PREFIX", "", _key_prefix,
@@ -419,6 +461,9 @@ class Settings:
         return dataclasses.replace(self, **changes)
 
     def _validate(self) -> None:
+        if self.redis_url and self.redis_url.lower().startswith("sentinel://") and not self.redis_sentinel_master:
+            raise SettingsError("REDIS_SENTINEL_MASTER", "", "required when REDIS_URL names sentinels "
+                                                             "(the name the sentinels monitor, e.g. mymaster)")
         if self.retry_backoff_max_sec < self.retry_backoff_base_sec:
             raise SettingsError("RETRY_BACKOFF_MAX_SEC", str(self.retry_backoff_max_sec),
                                 "must not be below RETRY_BACKOFF_BASE_SEC")

@@ -101,6 +101,7 @@ def collect(app=None, *, now: float | None = None, top_errors: int = 5, client=N
     top = sorted(counts, key=lambda pc: (-pc[1], pc[0]))[:top_errors]
     return {
         "timestamp": now,
+        **_redis_topology(settings, app),
         "queues": depths,
         "pending": sum(depths.values()),
         "active": _number(active),
@@ -114,6 +115,39 @@ def collect(app=None, *, now: float | None = None, top_errors: int = 5, client=N
         "top_errors": [{"pattern": p, "count": c} for p, c in top],
         "problems": seen.problems,
     }
+
+
+def _redis_topology(settings, app) -> dict[str, Any]:
+    """``{"redis": {...}}`` under Sentinel: the current primary and each replica's lag (else nothing)."""
+    from resilience import sentinel
+    from resilience.runtime import bound_app
+    from resilience.store import app_broker_url
+
+    url = settings.redis_url or app_broker_url(app if app is not None else bound_app())
+    if not sentinel.is_sentinel_url(url):  # the embedded Redis is never under Sentinel
+        return {}
+    try:
+        return {"redis": sentinel.replication(url, settings, app)}
+    except Exception as err:  # noqa: BLE001 - shown, never raised: the rest of the dashboard still stands
+        return {"redis": {"mode": "sentinel", "error": f"{type(err).__name__}: {err}"}}
+
+
+def _topology_table(view: dict[str, Any]) -> Table:
+    table = Table(title="Redis (Sentinel)")
+    table.add_column("node")
+    table.add_column("role")
+    table.add_column("state")
+    table.add_column("lag (bytes)", justify="right")
+    if "error" in view:
+        table.add_row("(sentinels)", "", cell(view["error"], limit=200), "")
+        return table
+    table.add_row(cell(view["primary"]), cell(f"primary of {view['master_name']}"),
+                  "DOWN" if view.get("primary_down") else "up", "")
+    for replica in view["replicas"]:
+        table.add_row(cell(replica["address"]), "replica",
+                      cell(("up" if replica["up"] else "DOWN") + f", link {replica['link']}"),
+                      cell("" if replica["lag_bytes"] is None else replica["lag_bytes"]))
+    return table
 
 
 def render(snapshot: dict[str, Any]) -> Group:
@@ -154,6 +188,8 @@ def render(snapshot: dict[str, Any]) -> Group:
     for e in snapshot["top_errors"]:
         errors.add_row(cell(e["pattern"]), cell(e["count"]))
     parts = [jobs, queues, workers, breakers, errors]
+    if snapshot.get("redis"):
+        parts.insert(1, _topology_table(snapshot["redis"]))
     if snapshot.get("problems"):
         problems = Table(title="Unreadable records and keys (shown as empty)")
         problems.add_column("where: problem")

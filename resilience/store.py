@@ -32,7 +32,7 @@ _client_pid: int | None = None
 _url_override: str | None = None
 
 
-_REDIS_SCHEMES = frozenset({"redis", "rediss", "unix"})
+_REDIS_SCHEMES = frozenset({"redis", "rediss", "unix", "sentinel"})
 
 
 def app_broker_url(app) -> str | None:
@@ -87,6 +87,19 @@ def client_options(settings: Settings | None = None) -> dict:
     }
 
 
+def new_client(url: str, settings: Settings | None = None, **options) -> redis.Redis:
+    """A client of ``url`` with ``options``; for a ``sentinel://`` URL, one that follows the
+    primary the sentinels name (rediscovered after a failover)."""
+    from resilience import sentinel
+
+    settings = settings or get_settings()
+    if sentinel.is_sentinel_url(url):
+        from resilience.runtime import bound_app
+
+        return sentinel.master_client(url, settings, bound_app(), **options)
+    return redis.Redis.from_url(url, **options)
+
+
 def get_redis() -> redis.Redis:
     """This process's client (a new one after fork, never shared across processes)."""
     global _client, _client_pid
@@ -95,7 +108,7 @@ def get_redis() -> redis.Redis:
         return _client
     with _lock:
         if _client is None or _client_pid != pid:
-            _client = redis.Redis.from_url(redis_url(), **client_options())
+            _client = new_client(redis_url(), **client_options())
             _client_pid = pid
     return _client
 

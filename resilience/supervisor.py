@@ -3,7 +3,9 @@
 It runs the app named by ``-A`` (the bundled app by default) with
 ``celery -A <app>``. Its Redis is ``REDIS_URL``, else the app's own Redis
 broker, else the data dir's embedded Redis, started here and stopped on exit
-if this process started it. Each child runs in its own process group;
+if this process started it; with ``ha`` (``resilience up --ha``) a local
+Sentinel topology of the same binary instead (a primary, two replicas, three
+sentinels, in ``<data dir>/ha``), stopped on exit too. Each child runs in its own process group;
 SIGINT or SIGTERM stops them all (warm shutdown first, SIGKILL after a grace
 period), so no process of the platform is left behind. A child that exits on
 its own is restarted with a growing delay.
@@ -28,6 +30,7 @@ import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from resilience import embedded
 from resilience.embedded import ensure_embedded, stop_embedded
@@ -38,6 +41,10 @@ from resilience.store import redis_url
 log = logging.getLogger(__name__)
 
 STOP_GRACE_SEC = 20.0
+
+#: Sentinel timings of ``up --ha``: a local demonstration fails over within seconds.
+HA_DOWN_AFTER_MS = 2000
+HA_FAILOVER_TIMEOUT_MS = 10000
 
 
 #: Where a generated Flower login is kept, in the data dir.
@@ -71,6 +78,9 @@ class Platform:
     redis_url: str | None = None
     flower_credentials: str | None = None  # user:password; never printed or put on a command line
     flower_credentials_file: Path | None = None  # set when the password was generated
+    #: ``--ha``: run a local Sentinel topology (a primary, two replicas, three sentinels) instead of one Redis.
+    ha: bool = False
+    topology: Any = None
     _started_redis_pid: int | None = None
     _stop: threading.Event = field(default_factory=threading.Event)
 
@@ -130,8 +140,39 @@ class Platform:
             out.close()
         log.info("started %s (pid %s)", child.name, child.process.pid)
 
+    def _start_ha(self) -> None:
+        """A primary, two replicas and three sentinels of the embedded binary, in ``<data dir>/ha``.
+
+        Every process started from here (and the app loaded next) gets
+        ``REDIS_URL``/``REDIS_SENTINEL_MASTER`` naming it.
+        """
+        from resilience.errors import ConfigurationError
+        from resilience.settings import reset_settings
+        from resilience.store import reset_redis
+        from resilience.testing.topology import SentinelTopology
+
+        if self.settings.redis_url:
+            raise ConfigurationError("--ha starts its own primary, replicas and sentinels: unset REDIS_URL")
+        self.topology = SentinelTopology(self.data_dir / "ha", down_after_ms=HA_DOWN_AFTER_MS,
+                                         failover_timeout_ms=HA_FAILOVER_TIMEOUT_MS).start()
+        os.environ.update(self.topology.env())
+        reset_settings()
+        reset_redis()
+        self.settings = get_settings()
+
+    def fail_over(self) -> tuple[str, str, float]:
+        """SIGKILL the primary of the ``--ha`` topology, wait for Sentinel to promote a replica and
+        start the old primary again as a replica. Returns (old, new, seconds to the promotion)."""
+        killed_at = time.time()
+        old = self.topology.kill_primary()
+        new, promoted_at = self.topology.wait_promoted(old)
+        self.topology.restart(old)
+        return old.address, new.address, promoted_at - killed_at
+
     def start(self) -> Platform:
         embedded.stop_on_exit_by_caller()
+        if self.ha:
+            self._start_ha()
         app = load_app(self.app_spec)  # may start the embedded Redis (the bundled app's config does)
         self.settings = settings_for(app)
         self.redis_url = redis_url(self.settings, app)
@@ -202,6 +243,9 @@ class Platform:
         if self._started_redis_pid:
             stop_embedded(self.settings, pid=self._started_redis_pid)
             self._started_redis_pid = None
+        if self.topology is not None:
+            self.topology.stop()
+            self.topology = None
 
 
 def generated_credentials(path: Path) -> str:

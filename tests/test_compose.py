@@ -53,3 +53,22 @@ def test_variables_interpolated_from_the_host_are_settings_or_deployment_knobs()
     text = (ROOT / "compose.yaml").read_text()
     for var in set(re.findall(r"\$\{([A-Z_]+)", text)):
         assert var in KNOWN or var == "WORKER_REPLICAS", var
+
+
+def test_the_ha_profile_runs_a_primary_two_replicas_and_three_sentinels():
+    services = COMPOSE["services"]
+    ha = {name for name, service in services.items() if "ha" in (service.get("profiles") or ())}
+    assert ha == {"redis-primary", "redis-replica-1", "redis-replica-2", "sentinel-1", "sentinel-2", "sentinel-3"}
+    for replica in ("redis-replica-1", "redis-replica-2"):
+        command = services[replica]["command"]
+        assert command[command.index("--replicaof") + 1] == "redis-primary"
+        assert "--appendonly" in command
+    for name in ("sentinel-1", "sentinel-2", "sentinel-3"):
+        script = " ".join(services[name]["command"])
+        assert "--sentinel" in script and "sentinel monitor mymaster redis-primary 6379 2" in script
+
+
+def test_the_platform_takes_its_sentinel_settings_from_the_host():
+    env = COMPOSE["services"]["worker"]["environment"]
+    for name in ("REDIS_URL", "REDIS_SENTINEL_MASTER", "REDIS_SENTINEL_PASSWORD", "REDIS_MIN_REPLICAS_ACK"):
+        assert env[name].startswith("${" + name)

@@ -15,7 +15,13 @@ from resilience.logconfig import setup_cli_logging
 @click.option("--outage-after", type=float, default=None,
               help="Stop the embedded Redis for 5 s after this many seconds, to watch jobs spool and "
                    "workers reconnect.")
-def command(duration: float | None, rate: float, no_flower: bool, outage_after: float | None) -> None:
+@click.option("--ha", is_flag=True, help="Run Redis under Sentinel locally (a primary, two replicas, three "
+                                         "sentinels).")
+@click.option("--failover-after", type=float, default=None,
+              help="With a local Sentinel topology (implies --ha): SIGKILL the primary after this many seconds, "
+                   "to watch Sentinel promote a replica and the platform follow it.")
+def command(duration: float | None, rate: float, no_flower: bool, outage_after: float | None, ha: bool,
+            failover_after: float | None) -> None:
     import logging
 
     from resilience.cli.context import app_spec
@@ -23,4 +29,4 @@ def command(duration: float | None, rate: float, no_flower: bool, outage_after: 
 
     setup_cli_logging(logging.WARNING)
     Demo(duration=duration, rate=rate, flower=not no_flower, outage_after=outage_after,
-         app_spec=app_spec()).run()
+         ha=ha or failover_after is not None, failover_after=failover_after, app_spec=app_spec()).run()

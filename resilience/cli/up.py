@@ -12,15 +12,20 @@ from resilience.logconfig import setup_cli_logging
 @click.option("--concurrency", "-c", default=2, show_default=True, help="Worker pool processes.")
 @click.option("--no-flower", is_flag=True, help="Do not start Flower.")
 @click.option("--no-beat", is_flag=True, help="Do not start beat.")
-def command(concurrency: int, no_flower: bool, no_beat: bool) -> None:
+@click.option("--ha", is_flag=True, help="Run Redis under Sentinel locally: a primary, two replicas and three "
+                                         "sentinels of the embedded binary (REDIS_URL must be unset).")
+def command(concurrency: int, no_flower: bool, no_beat: bool, ha: bool) -> None:
     from resilience.cli.context import app_spec
     from resilience.settings import masked_url
     from resilience.supervisor import Platform
 
     setup_cli_logging()
     platform = Platform(app_spec=app_spec(), concurrency=concurrency, flower=not no_flower,
-                        beat=not no_beat).start()
+                        beat=not no_beat, ha=ha).start()
     click.echo(f"Redis:  {masked_url(platform.redis_url or '')}")
+    if platform.topology is not None:  # what another terminal needs to reach it
+        click.echo(f"        export REDIS_URL='{platform.topology.url}' "
+                   f"REDIS_SENTINEL_MASTER={platform.topology.master_name}")
     if platform.flower_credentials:  # where the password is, never the password
         click.echo(f"Flower: http://127.0.0.1:{platform.settings.flower_port}  ({platform.flower_login_hint()})")
     click.echo("Press Ctrl-C to stop.")

@@ -5,6 +5,8 @@
   that a test can stop, kill (SIGKILL), freeze (SIGSTOP) and restart;
   :class:`PrivateRedis` is one that loses nothing it acknowledged when killed,
   with ``crash()`` to kill and restart it;
+* :class:`SentinelTopology` is a primary, two replicas and three sentinels
+  (real redis-server processes) whose primary a test can SIGKILL and restart;
 * :func:`configure` points this process (settings, store, Celery app) at a Redis
   and applies setting overrides;
 * :func:`in_process_worker` runs a real Celery worker in a thread (fast);
@@ -25,11 +27,13 @@ from resilience.testing.config import configure, settings_env
 from resilience.testing.jobs import JobInspector
 from resilience.testing.recorder import RetryRecord
 from resilience.testing.servers import PrivateRedis, start_private_redis
+from resilience.testing.topology import SentinelTopology
 from resilience.testing.waiting import hold_outage, wait_for
 from resilience.testing.workers import SubprocessWorker, in_process_worker, worker_health_url
 
 __all__ = [
-    "JobInspector", "PrivateRedis", "RedisServerProcess", "RetryRecord", "SubprocessWorker", "configure",
+    "JobInspector", "PrivateRedis", "RedisServerProcess", "RetryRecord", "SentinelTopology", "SubprocessWorker",
+    "configure",
     "find_redis_binary", "free_port", "hold_outage", "in_process_worker", "settings_env",
     "start_private_redis", "wait_for", "worker_health_url",
 ]
