@@ -38,12 +38,10 @@ def main() -> None:
     server = RedisServerProcess(binary=find_redis_binary(load_settings()), directory=workdir / "redis").start()
     os.environ.update({"REDIS_URL": server.url, "RESILIENCE_DATA_DIR": str(workdir / "data"),
                        "PYTHONPATH": str(ROOT)})
-    from resilience.testing import SubprocessWorker, hold_outage, wait_for
-    from tests.outage_jobs import marks
-
     import tasks  # noqa: F401 - the app, configured from the environment above
     from resilience import spool
-    from tests.outage_jobs import mark
+    from resilience.testing import SubprocessWorker, hold_outage, wait_for
+    from tests.outage_jobs import mark, marks
 
     marks_path = str(workdir / "marks.txt")
     results = {}

@@ -66,11 +66,11 @@ from urllib.parse import urlsplit
 
 from resilience.backoff import ExponentialBackoff
 from resilience.keys import keys
+from resilience.platform_tasks import EVALUATE_ALERTS, add_beat_entry
 from resilience.quarantine import OBJECT, TEXT, Batch, Shape
 from resilience.redact import redact_bounded, redact_text
 from resilience.settings import Settings, get_settings
 from resilience.store import load_script
-from resilience.platform_tasks import EVALUATE_ALERTS, add_beat_entry
 
 __all__ = [
     "DEFAULT_TOLERANCE_SEC", "LEVELS", "SIGNATURE_HEADER", "TIMESTAMPED_SIGNATURE_HEADER", "TIMESTAMP_HEADER", "alert",
@@ -130,7 +130,7 @@ def verify(body: bytes, header: str | None, secret: str) -> bool:
     It proves who sent the body, not when: prefer :func:`verify_request`, which
     also refuses a replayed alert.
     """
-    return bool(header) and _same(sign(body, secret), header)
+    return bool(header) and _same(sign(body, secret), header or "")
 
 
 def _header(headers: Mapping[str, str], name: str) -> str | None:

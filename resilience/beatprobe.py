@@ -20,7 +20,7 @@ from typing import Any
 
 from resilience.keys import keys
 from resilience.platform_tasks import BEAT_PULSE, add_beat_entry
-from resilience.settings import Settings, get_settings
+from resilience.settings import Settings
 
 __all__ = ["PULSE_TASK", "STARTED_FIELD", "check", "install"]
 
@@ -70,12 +70,11 @@ def check(app, *, now: float | None = None, client=None) -> dict[str, Any]:
     from resilience.store import get_redis
 
     now = time.time() if now is None else now
-    settings = get_settings()
     raw = (client or get_redis()).hgetall(keys().beat_published)
     seen: dict[str, float] = {}
     for name, value in raw.items():
         try:
-            seen[name] = float(value)
+            seen[str(name)] = float(value)
         except (TypeError, ValueError):
             continue
     started = seen.get(STARTED_FIELD)
@@ -97,7 +96,7 @@ def check(app, *, now: float | None = None, client=None) -> dict[str, Any]:
         if reference is not None and now - reference > limit:
             result["ok"] = False
             result["error"] = (f"not published for {now - reference:.0f}s (limit {limit:.0f}s)" if last
-                               else f"never published since beat started {now - started:.0f}s ago")
+                               else f"never published since beat started {now - reference:.0f}s ago")
         checks[entry_name] = result
     failed = sorted(name for name, result in checks.items() if not result["ok"])
     return {"status": "ok" if not failed else "unhealthy", "timestamp": now, "failed": failed, "checks": checks}

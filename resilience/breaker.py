@@ -178,7 +178,7 @@ class Breaker(pybreaker.CircuitBreaker):
             self.half_open_max_calls_option = half_open_max_calls
         for exclusion in exclude:
             if exclusion not in self._excluded_exceptions:
-                self._excluded_exceptions.append(exclusion)
+                self._excluded_exceptions.append(exclusion)  # type: ignore[arg-type]  # pybreaker's alias
         return self
 
     # -- state -----------------------------------------------------------------------
@@ -190,12 +190,21 @@ class Breaker(pybreaker.CircuitBreaker):
         return record
 
     @property
+    def name(self) -> str:
+        """The breaker's name (every breaker here has one)."""
+        return str(self._name)
+
+    @name.setter
+    def name(self, name: str) -> None:
+        self._name = name
+
+    @property
     def current_state(self) -> str:
         if not hasattr(self, "clock"):  # pybreaker's __init__ asks before the name is set
             return STATE_CLOSED
         return self.record()["state"]
 
-    @property
+    @property  # type: ignore[misc]  # read-only here: the state lives in Redis
     def state(self) -> _StateView:  # type: ignore[override]
         """The shared state (pybreaker's per-process state objects are not used)."""
         return _StateView(self.current_state)
@@ -304,7 +313,7 @@ class Breaker(pybreaker.CircuitBreaker):
             log.warning("breaker %s: outcome not recorded: %s", self.name, err)
             return
         if transition:
-            detail = {"failures": int(failures)}
+            detail: dict[str, Any] = {"failures": int(failures)}
             if failed:
                 detail["error"] = f"{type(error).__name__}: {error}"
             self._report(before, transition, detail)
@@ -396,27 +405,27 @@ def status(name: str | None = None, *, client: redis.Redis | None = None) -> dic
         value = client.hget(k.breakers_status, name)
         raw = {name: value} if value is not None else {}
     now = time.time()
-    records = {}
+    records: dict[str, dict[str, Any]] = {}
     for breaker_name, text in sorted(raw.items()):
         record = read_record(text)
         if record.get("malformed"):
-            records[breaker_name] = record
+            records[str(breaker_name)] = record
             continue
         if record.get("state") == STATE_OPEN and record.get("opened_at") is not None:
             due = float(record["opened_at"]) + float(record.get("reset_timeout_sec") or 0)
             record["half_open_in_sec"] = round(max(0.0, due - now), 3)
-        records[breaker_name] = record
+        records[str(breaker_name)] = record
     return records
 
 
 def stats(*, client: redis.Redis | None = None) -> dict[str, int]:
     """Counters of ``stats:breakers``: ``<name>:<event>`` -> count (a count that is not a number is left out)."""
     client = client or get_redis()
-    counts = {}
+    counts: dict[str, int] = {}
     for name, value in client.hgetall(_stats_key()).items():
         count, problem = decode(value, INTEGER)
         if problem is None:
-            counts[name] = count
+            counts[str(name)] = count
     return counts
 
 

@@ -21,8 +21,8 @@ from rich.live import Live
 from rich.panel import Panel
 from rich.table import Table
 
-from resilience.settings import masked_url
 from resilience.runtime import BUNDLED_APP, load_app
+from resilience.settings import masked_url
 from resilience.supervisor import Platform
 
 #: Hash of the demo jobs' run counts (``demo:executions``, under the key prefix).
@@ -49,7 +49,7 @@ class Demo:
     outage_after: float | None = None
     outage_note: str = ""
     _stop: threading.Event = field(default_factory=threading.Event)
-    alert_receiver: object | None = None
+    alert_receiver: Any = None
     app_spec: str = BUNDLED_APP
     app: Any = None
 
@@ -95,7 +95,7 @@ class Demo:
         from resilience.keys import keys
         from resilience.store import get_redis
 
-        return {k: int(v) for k, v in get_redis().hgetall(keys().custom(DEMO_COUNTS)).items()}
+        return {str(k): int(v) for k, v in get_redis().hgetall(keys().custom(DEMO_COUNTS)).items()}
 
     def producer_line(self) -> str:
         """This process's side of a Redis outage: broker connection and the publish spool."""
@@ -140,7 +140,7 @@ class Demo:
                   + (f"  |  Flower http://127.0.0.1:{platform.settings.flower_port} "
                      f"({platform.flower_login_hint()})" if platform.flower_credentials else "")
                   + "  |  Ctrl-C stops")
-        parts = [Panel(header), Panel(self.producer_line()), table, done, render(collect(self.app))]
+        parts: list[Any] = [Panel(header), Panel(self.producer_line()), table, done, render(collect(self.app))]
         if self.alert_receiver is not None:
             from resilience.webhook_receiver import render_alerts
 

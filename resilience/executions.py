@@ -239,10 +239,10 @@ def job_state(job_id: str) -> dict | None:
 
 def active_jobs() -> dict[str, dict]:
     """Every ``jobs:active`` entry; a malformed one is returned as ``{"malformed": raw}``."""
-    entries = {}
+    entries: dict[str, dict] = {}
     for job_id, raw in get_redis().hgetall(keys().active).items():
         try:
-            entries[job_id] = json.loads(raw)
+            entries[str(job_id)] = json.loads(raw)
         except ValueError:
-            entries[job_id] = {"malformed": raw}
+            entries[str(job_id)] = {"malformed": raw}
     return entries

@@ -39,6 +39,7 @@ from __future__ import annotations
 
 import logging
 import threading
+from typing import Any
 
 import redis
 from kombu.transport import redis as kombu_redis
@@ -46,8 +47,8 @@ from kombu.transport import virtual
 from redis.exceptions import OutOfMemoryError
 
 from resilience import connection, unacked
-from resilience.store import get_redis
 from resilience.runtime import app_or_bound, transport_options
+from resilience.store import get_redis
 
 log = logging.getLogger(__name__)
 
@@ -189,16 +190,17 @@ class HandoverChannelMixin:
     """A Redis channel with :class:`HandoverQoS` and remembered connection parameters."""
 
     QoS = HandoverQoS
+    connection: Any  # the transport, set by kombu's Channel
 
     def _connparams(self, asynchronous=False):
         transport = self.connection
         if transport is not None and transport.client is not None:
-            params = super()._connparams(asynchronous=asynchronous)
+            params = super()._connparams(asynchronous=asynchronous)  # type: ignore[misc]  # kombu's Channel
             self.__dict__.setdefault("_resilience_connparams", {})[asynchronous] = dict(params)
             return params
         remembered = self.__dict__.get("_resilience_connparams", {}).get(asynchronous)
         if remembered is None:
-            return super()._connparams(asynchronous=asynchronous)
+            return super()._connparams(asynchronous=asynchronous)  # type: ignore[misc]  # kombu's Channel
         return dict(remembered)
 
 
@@ -221,5 +223,5 @@ def use_on(conn) -> bool:
         cls = _channel_classes.get(base)
         if cls is None:
             cls = _channel_classes[base] = type(f"Handover{base.__name__}", (HandoverChannelMixin, base), {})
-    transport.Channel = cls
+    transport.Channel = cls  # type: ignore[assignment]  # a subclass of the transport's Channel
     return True

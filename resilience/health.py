@@ -305,9 +305,9 @@ class HealthServerStep(bootsteps.StartStopStep):
 
         probe = self.probe
         wid = worker_id(parent.hostname)
-        probe.monitor = HealthMonitor(self.settings, worker=wid)
-        probe.monitor.refresh()
-        state = metrics.StateCollector(lambda: status.collect(parent.app, client=probe.monitor.client()),
+        monitor = probe.monitor = HealthMonitor(self.settings, worker=wid)
+        monitor.refresh()
+        state = metrics.StateCollector(lambda: status.collect(parent.app, client=monitor.client()),
                                        health=lambda: probe.report()[1], cache_sec=self.settings.metrics_cache_sec)
         probe.server = serve(probe, state, self.settings, label=parent.hostname)
         if probe.server is not None:

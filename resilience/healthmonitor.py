@@ -125,7 +125,7 @@ class HealthMonitor:
 
     def _refresh_worker(self, client: redis.Redis) -> None:
         k = keys()
-        if self.settings.feature_stuck_jobs:
+        if self.settings.feature_stuck_jobs and self.worker is not None:
             score = client.zscore(k.worker_heartbeats, self.worker)
             self.heartbeat_at = float(score) if score is not None else None
         if self.registration is not None and not self._registered:

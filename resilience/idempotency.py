@@ -35,7 +35,8 @@ from resilience.settings import get_settings
 from resilience.store import get_redis, load_script
 from resilience.submission import canonical_json
 
-__all__ = ["MAX_KEY_BYTES", "check_key", "derived_key", "named_arguments", "key_for", "submit_once", "claim", "owner", "release", "count", "counters"]
+__all__ = ["MAX_KEY_BYTES", "check_key", "derived_key", "named_arguments", "key_for", "submit_once", "claim", "owner",
+           "release", "count", "counters"]
 
 log = logging.getLogger(__name__)
 
@@ -135,10 +136,11 @@ def claim(key: str, job_id: str, *, ttl: int | None = None) -> str | None:
 
 def owner(key: str) -> str | None:
     """The id of the job that owns ``key`` (None when it is free or expired)."""
-    return get_redis().get(keys().idempotency(key))
+    owner_id = get_redis().get(keys().idempotency(key))
+    return None if owner_id is None else str(owner_id)
 
 
-def submit_once(task, key: str, job_id: str, send: Callable[[str, str], Any]):
+def submit_once(task, key: str, job_id: str, send: Callable[..., Any]):
     """Publish with ``send(job_id, key)`` unless ``key`` is owned; then the owner's ``AsyncResult``.
 
     While Redis is unreachable the key cannot be claimed: the claim waits at

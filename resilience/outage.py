@@ -36,8 +36,8 @@ import contextvars
 import logging
 import threading
 import time
-from datetime import datetime
 from collections.abc import Callable
+from datetime import datetime
 from typing import Any
 
 from celery import bootsteps, signals

@@ -86,7 +86,7 @@ class ResilientConsumer(Consumer):
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
-        self.connection_errors = (*self.connection_errors, OutOfMemoryError)
+        self.connection_errors = (*self.connection_errors, OutOfMemoryError)  # type: ignore[has-type]
 
     def ensure_connected(self, conn):
         backoff = reconnect_backoff()

@@ -33,17 +33,17 @@ import os
 import threading
 import time
 from collections.abc import Callable
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Any
 
 from celery import bootsteps
 from kombu import Producer
 
 from resilience.keys import keys
+from resilience.platform_tasks import PROMOTE_DELAYED_RUNS, add_beat_entry
 from resilience.quarantine import TEXT, Bad, Batch, Reply, Shape, decode
 from resilience.settings import Settings, get_settings
 from resilience.store import get_redis, load_script
-from resilience.platform_tasks import PROMOTE_DELAYED_RUNS, add_beat_entry
 from resilience.unacked import MESSAGE
 
 __all__ = ["wants_delay", "schedule", "capture_message", "promote_due", "waiting", "PromoterStep", "install"]
@@ -70,7 +70,7 @@ def due_time(options: dict, now: float) -> float:
         if isinstance(eta, str):
             eta = datetime.fromisoformat(eta)
         if eta.tzinfo is None:
-            eta = eta.replace(tzinfo=timezone.utc)
+            eta = eta.replace(tzinfo=UTC)
         return eta.timestamp()
     return now + max(0.0, float(options.get("countdown") or 0))
 
@@ -78,10 +78,10 @@ def due_time(options: dict, now: float) -> float:
 class _Capture(threading.local):
     """Per thread: a broker connection whose channel captures messages instead of writing them."""
 
-    conn = None
-    channel = None
-    pid = None
-    app = None
+    conn: Any = None
+    channel: Any = None
+    pid: int | None = None
+    app: Any = None
     captured: list
 
 
@@ -172,7 +172,7 @@ def schedule(task, args, kwargs, job_id: str, options: dict, fallback: Callable,
 
     # The run's due time travels in a header that the worker shows the job as ``self.request.eta``
     # (resilience.request), as Celery's ETA message would, without holding the message until then.
-    headers = {**(options.get("headers") or {}), ETA_HEADER: datetime.fromtimestamp(due, timezone.utc).isoformat()}
+    headers = {**(options.get("headers") or {}), ETA_HEADER: datetime.fromtimestamp(due, UTC).isoformat()}
 
     def send(producer):  # Celery's own publish (links, headers, routing), undelayed, into the capture
         return fallback(producer=producer, countdown=None, eta=None, retry=False, headers=headers)

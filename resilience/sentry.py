@@ -71,7 +71,7 @@ def init(settings: Settings | None = None) -> bool:
             dsn=settings.sentry_dsn,
             environment=settings.environment,
             integrations=[CeleryIntegration(monitor_beat_tasks=False)],
-            before_send=before_send,
+            before_send=before_send,  # type: ignore[arg-type]  # sentry's Event is a TypedDict of this dict
             send_default_pii=False,
             traces_sample_rate=0.0,
         )

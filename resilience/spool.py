@@ -43,7 +43,7 @@ from kombu.exceptions import EncodeError
 from resilience.connection import is_outage
 from resilience.errors import ResilienceError, SpoolFull
 from resilience.localfiles import private_dir, private_file
-from resilience.quarantine import ARRAY, INTEGER, NUMBER, OBJECT, TEXT, Bad, Batch, Shape, decode, one_of
+from resilience.quarantine import ARRAY, INTEGER, NUMBER, OBJECT, TEXT, Bad, Batch, Kind, Shape, decode, one_of
 from resilience.settings import get_settings
 
 log = logging.getLogger(__name__)
@@ -179,7 +179,8 @@ def read(limit: int = 100) -> tuple[list[SpooledJob], list[Bad]]:
     jobs, bad = [], []
     for seq, job_id, task, *columns in rows:
         decoded, problem = [], None
-        for name, raw, kind in zip(("args", "kwargs", "options"), columns, (ARRAY, OBJECT, OPTIONS)):
+        kinds: tuple[Shape | Kind, ...] = (ARRAY, OBJECT, OPTIONS)
+        for name, raw, kind in zip(("args", "kwargs", "options"), columns, kinds, strict=False):
             value, problem = decode(raw, kind)
             if problem:
                 problem = f"{name}: {problem}"
@@ -284,5 +285,5 @@ def _quarantine(rows: list[Bad]) -> None:
         for row in rows:
             log.error("spooled %s dropped: %s; the quarantine refused it: %s", row.field, row.problem, err)
     for row in rows:
-        remove(int(row.member))
+        remove(int(str(row.member)))
 

@@ -19,7 +19,7 @@ from resilience.breaker import read_record
 from resilience.display import cell
 from resilience.errors import StoreUnavailable
 from resilience.keys import keys
-from resilience.quarantine import INTEGER, TEXT, Batch, Reply, Shape, decode
+from resilience.quarantine import INTEGER, TEXT, Batch, Reply, Shape
 from resilience.redact import redact
 from resilience.runtime import queue_names, transport_options
 from resilience.settings import get_settings

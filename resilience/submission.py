@@ -23,8 +23,8 @@ import contextlib
 import contextvars
 import json
 import uuid
-from datetime import datetime, timedelta, timezone
 from collections.abc import Callable, Iterator
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from kombu import serialization
@@ -57,7 +57,7 @@ def canonical_json(value: Any) -> str:
     (``Decimal("1.0")`` and ``Decimal("1.00")`` differ, as they do delivered);
     ``UUID`` as ``{"hex": ...}``.
     """
-    dump = dict(cls=kombu_json.JSONEncoder, sort_keys=True, separators=(",", ":"), ensure_ascii=True,
+    dump: dict[str, Any] = dict(cls=kombu_json.JSONEncoder, sort_keys=True, separators=(",", ":"), ensure_ascii=True,
                 allow_nan=False)
     try:
         return json.dumps(value, **dump)
@@ -178,21 +178,23 @@ def submit(task, args, kwargs, *, task_id, producer, link, link_error, shadow,
             return publish(args, kwargs, task_id=job_id, producer=overrides.pop("producer", given), link=link,
                            link_error=link_error, shadow=shadow, **{**options, **overrides})
 
-        target = plain
+        target: Callable[..., Any] = plain
         if scheduler.wants_delay(options):
             if resubmission:
                 # A retry or a deferral: published from the running job, not spooled
                 # (kombu keeps its message meanwhile).
                 return scheduler.schedule(task, args, kwargs, job_id, options, fallback=plain)
 
-            def target(bounded):  # the durable delayed run, kept in Redis until due
+            def delayed(bounded):  # the durable delayed run, kept in Redis until due
                 return scheduler.schedule(task, args, kwargs, job_id, options,
                                           fallback=lambda **overrides: plain(bounded, **overrides))
+
+            target = delayed
         # What the spool keeps to publish it later: the options plus callbacks (signatures are JSON dicts).
         spooled = {**options, **{name: value for name, value in
                                  (("link", link), ("link_error", link_error), ("shadow", shadow)) if value}}
         if spooled.get("countdown") is not None:  # due relative to now, however late the spool is flushed
-            due = datetime.now(timezone.utc) + timedelta(seconds=float(spooled.pop("countdown")))
+            due = datetime.now(UTC) + timedelta(seconds=float(spooled.pop("countdown")))
             spooled["eta"] = due.isoformat()
         return outage.publish_guarded(task, args, kwargs, job_id, spooled, target, producer=producer,
                                       unreachable=unreachable)

@@ -47,9 +47,9 @@ from resilience.connection import is_outage
 from resilience.identity import hostname_of
 from resilience.keys import keys
 from resilience.locks import Lock
+from resilience.platform_tasks import SWEEP_STUCK_JOBS, add_beat_entry
 from resilience.quarantine import ARRAY, INTEGER, NUMBER, OBJECT, TEXT, Batch, Reply, Shape
 from resilience.runtime import app_or_bound, transport_options
-from resilience.platform_tasks import SWEEP_STUCK_JOBS, add_beat_entry
 from resilience.settings import Settings, get_settings
 from resilience.store import get_redis, load_script
 

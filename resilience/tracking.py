@@ -428,7 +428,7 @@ def patterns(limit: int | None = None) -> list[dict[str, Any]]:
     raw = get_redis().hgetall(keys().errors_patterns)
     rows = []
     for pattern, value in raw.items():
-        component, _, rest = pattern.partition(":")
+        component, _, rest = str(pattern).partition(":")
         operation, _, error_type = rest.rpartition(":")
         count, problem = decode(value, INTEGER)
         row = {"pattern": pattern, "component": component, "operation": operation, "error_type": error_type,

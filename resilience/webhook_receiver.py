@@ -60,8 +60,9 @@ class WebhookReceiver(LocalHTTPServer):
                     self.send_header("Content-Length", "0")
                     self.end_headers()
                     return
-                verified = (verify_request(body, self.headers, receiver.secret, tolerance_sec=receiver.tolerance_sec)
-                            if receiver.secret else None)
+                # http.server's headers are a Message: a case-insensitive mapping in all but its type
+                verified = (verify_request(body, self.headers, receiver.secret,  # type: ignore[arg-type]
+                                           tolerance_sec=receiver.tolerance_sec) if receiver.secret else None)
                 with receiver._lock:
                     receiver.alerts.append(ReceivedAlert(body, self.headers.get(SIGNATURE_HEADER), verified,
                                                          dict(self.headers.items())))

@@ -73,9 +73,8 @@ def r():
 
 @pytest.fixture(scope="session")
 def app():
-    from tasks.app import app as celery_app
-
     import tests.jobs  # noqa: F401 - registers the test jobs
+    from tasks.app import app as celery_app
 
     return celery_app
 

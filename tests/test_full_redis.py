@@ -88,7 +88,8 @@ def test_a_full_redis_stops_no_worker_and_loses_or_doubles_no_job(redis_server, 
             assert len(late_ids) == 200
             assert "spooled" in (tmp_path / "producer.log").read_text()  # it said where its jobs wait
             for url in urls:  # each worker says so, and that a restart would not help
-                ready = wait_for(lambda url=url: _ready(url, "redis_full"), 30, message=f"{url}/ready to say redis_full")
+                ready = wait_for(lambda url=url: _ready(url, "redis_full"), 30,
+                                 message=f"{url}/ready to say redis_full")
                 assert ready["restart"] is False
                 assert "redis_full" in httpx.get(f"{url}/health", timeout=5).json()["failed"]
             hold_outage(5)  # Redis stays full for a while: no worker may give up meanwhile

@@ -1,9 +1,8 @@
 # orders/tasks.py
 import time
 
-from resilience import PermanentError
-
 from orders.celery import app
+from resilience import PermanentError
 
 
 @app.task
