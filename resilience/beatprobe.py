@@ -19,10 +19,9 @@ from datetime import timedelta
 from typing import Any
 
 from resilience.keys import keys
-from resilience.platform_tasks import BEAT_PULSE, add_beat_entry
-from resilience.settings import Settings
+from resilience.platform_tasks import BEAT_PULSE
 
-__all__ = ["PULSE_TASK", "STARTED_FIELD", "check", "install"]
+__all__ = ["PULSE_TASK", "STARTED_FIELD", "check", "on_beat_init"]
 
 log = logging.getLogger(__name__)
 
@@ -42,7 +41,7 @@ def _record(field: str, now: float | None = None) -> None:
         log.warning("beat probe: could not record %s: %s", field, exc)
 
 
-def _on_beat_init(**_: Any) -> None:
+def on_beat_init(**_: Any) -> None:
     from celery import signals
 
     signals.after_task_publish.connect(_on_publish, weak=False, dispatch_uid="resilience.beatprobe.publish")
@@ -100,12 +99,3 @@ def check(app, *, now: float | None = None, client=None) -> dict[str, Any]:
         checks[entry_name] = result
     failed = sorted(name for name, result in checks.items() if not result["ok"])
     return {"status": "ok" if not failed else "unhealthy", "timestamp": now, "failed": failed, "checks": checks}
-
-
-def install(app, settings: Settings) -> None:
-    """Beat's pulse entry and the recording of its publishes."""
-    from celery import signals
-
-    add_beat_entry(app, settings, PULSE_TASK, settings.health_beat_pulse_sec,
-                   expires=settings.health_beat_pulse_sec * LATE_FACTOR)
-    signals.beat_init.connect(_on_beat_init, weak=False, dispatch_uid="resilience.beatprobe.init")

@@ -40,8 +40,10 @@ import pybreaker
 import redis
 from celery.exceptions import Ignore, Reject, Retry
 
+from resilience import alert_rules
 from resilience.errors import CircuitOpenError
 from resilience.keys import keys
+from resilience.observe import guarded
 from resilience.quarantine import INTEGER, NUMBER, TEXT, Shape, decode
 from resilience.settings import get_settings
 from resilience.store import get_redis, load_script
@@ -246,7 +248,8 @@ class Breaker(pybreaker.CircuitBreaker):
             return func(*args, **kwargs)
         ticket = self._admit()
         for listener in self.listeners:
-            _quietly(listener.before_call, self, func, *args, **kwargs)
+            with guarded(f"circuit breaker listener {listener!r}"):
+                listener.before_call(self, func, *args, **kwargs)
         try:
             with _scope(self.name):
                 result = func(*args, **kwargs)
@@ -296,10 +299,11 @@ class Breaker(pybreaker.CircuitBreaker):
             return  # says nothing about the dependency (a trial's slot frees after one reset timeout)
         failed = error is not None and self.is_system_error(error)
         for listener in self.listeners:
-            if failed:
-                _quietly(listener.failure, self, error)
-            else:
-                _quietly(listener.success, self)
+            with guarded(f"circuit breaker listener {listener!r}"):
+                if failed and error is not None:
+                    listener.failure(self, error)
+                else:
+                    listener.success(self)
         if ticket is None:
             return
         if not failed and not ticket.trial and ticket.failures == 0:
@@ -324,37 +328,11 @@ class Breaker(pybreaker.CircuitBreaker):
         level = logging.WARNING if new == STATE_OPEN else logging.INFO
         log.log(level, "circuit breaker %s: %s -> %s %s", self.name, old, new, detail)
         for listener in self.listeners:
-            _quietly(listener.state_change, self, _StateView(old), _StateView(new))
-        _alert(self.name, old, new, detail, self.reset_timeout)
-
-
-def _quietly(hook: Callable[..., Any], *args: Any, **kwargs: Any) -> None:
-    """Listeners observe: their errors are logged, never raised into the call."""
-    try:
-        hook(*args, **kwargs)
-    except Exception:  # noqa: BLE001 - an observer must not break the call
-        log.exception("circuit breaker listener %r failed", hook)
-
-
-def _alert(name: str, old: str, new: str, detail: dict[str, Any], reset_timeout: float) -> None:
-    try:
-        from resilience import alerts
-        from resilience.redact import redact
-
-        if new == STATE_OPEN:
-            level, title = "critical", f"Circuit breaker {name} opened"
-            message = f"calls through {name} are refused for {reset_timeout:g}s ({old} -> open)"
-        elif new == STATE_CLOSED:
-            level, title = "info", f"Circuit breaker {name} closed"
-            message = f"{name} recovered ({old} -> closed)"
-        else:
-            level, title = "info", f"Circuit breaker {name} half-open"
-            message = f"{name} admits trial calls ({old} -> half-open)"
+            with guarded(f"circuit breaker listener {listener!r}"):
+                listener.state_change(self, _StateView(old), _StateView(new))  # type: ignore[arg-type]  # a view of it
         # one window per transition, so "closed" is not folded into the "opened" window
-        alerts.alert("breaker_state", f"{name}:{new}", level=level, title=title, message=message,
-                     component="breaker", context=redact({"breaker": name, "from": old, "to": new, **detail}))
-    except Exception:  # noqa: BLE001 - alerting must not break the call
-        log.exception("circuit breaker %s: alert failed", name)
+        alert_rules.breaker_state_changed(self.name, new, previous=old, failures=detail.get("failures"),
+                                          reset_timeout_sec=self.reset_timeout, error=detail.get("error"))
 
 
 # -- the process's breakers ---------------------------------------------------------

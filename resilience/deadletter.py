@@ -42,7 +42,6 @@ import redis
 
 from resilience.errors import ReplayRefused
 from resilience.keys import keys
-from resilience.platform_tasks import TRIM_DEAD_LETTERS, add_beat_entry
 from resilience.quarantine import ANY, ARRAY, INTEGER, OBJECT, TEXT, Bad, Batch, Shape, decode
 from resilience.redact import redact_bounded
 from resilience.runtime import app_or_bound, queue_names, transport_options
@@ -576,8 +575,3 @@ def trim(*, now: float | None = None, ttl_days: float | None = None, max_entries
     if expired or capped:
         log.info("dead-letter queue trimmed: %d expired, %d beyond the cap", expired, capped)
     return {"expired": expired, "capped": capped}
-
-
-def install(app, settings) -> None:
-    """Beat trims the dead-letter queue (retention and cap) on a timer."""
-    add_beat_entry(app, settings, TRIM_DEAD_LETTERS, settings.dead_letter_trim_interval_sec)

@@ -40,17 +40,18 @@ from collections.abc import Callable
 from datetime import datetime
 from typing import Any
 
-from celery import bootsteps, signals
+from celery import bootsteps
 
 from resilience import connection, spool
 from resilience.backoff import ExponentialBackoff
 from resilience.errors import BrokerUnavailable
-from resilience.settings import Settings, get_settings
+from resilience.settings import get_settings
 
 log = logging.getLogger(__name__)
 
 __all__ = ["publish_guarded", "call_bounded", "within_deadline", "BoundedProducer", "Flusher", "flusher",
-           "SpoolWatch", "SpoolWatchStep", "report_spool_left", "install"]
+           "SpoolWatch", "SpoolWatchStep", "report_spool_left",
+           "publish_what_an_earlier_run_spooled", "watch_from_beat"]
 
 _executor_lock = threading.Lock()
 _executor: concurrent.futures.ThreadPoolExecutor | None = None
@@ -306,7 +307,7 @@ class SpoolWatchStep(bootsteps.StartStopStep):
 _beat_watch: SpoolWatch | None = None
 
 
-def _watch_from_beat(**_: Any) -> None:
+def watch_from_beat(**_: Any) -> None:
     global _beat_watch
     if _beat_watch is None:
         _beat_watch = SpoolWatch().start()
@@ -447,27 +448,16 @@ def flusher() -> Flusher:
         return _flusher
 
 
-def install(app, settings: Settings) -> None:
-    """Fast consumer reconnects, result-backend connection state, and publish what an earlier run left in the spool."""
+def publish_what_an_earlier_run_spooled(app: Any) -> None:
+    """Give this process its flusher for ``app`` and wake it when the spool holds jobs of an earlier run."""
     global _flusher
-    if not settings.feature_enhanced_redis:
-        return
-    from resilience import reconnect, resultbackend
-
-    reconnect.install(app, settings)
-    resultbackend.install(app, settings)
-    from resilience import health
-
-    # Informational: the "redis" and "broker" checks already decide health from live probes.
-    health.register_check("connections", connection.health_check, critical=False)
     with _flusher_lock:
         if _flusher is None:
             _flusher = Flusher(app)
-    app.steps["worker"].add(SpoolWatchStep)
-    signals.beat_init.connect(_watch_from_beat, dispatch_uid="resilience.outage.beat_spool_watch", weak=False)
+        current = _flusher
     try:
         if spool.pending():
             log.warning("found %d spooled job(s) from an earlier run; publishing them", spool.count())
-            _flusher.wake()
+            current.wake()
     except Exception:  # a broken spool file must not stop the app from loading
         log.exception("could not read the publish spool")

@@ -158,11 +158,3 @@ def bury_poison(task, args, kwargs, decision: executions.Decision):
     reason = f"poison job: {decision.deliveries - 1} deliveries killed their worker"
     deadletter.bury(task, args, kwargs, None, reason)
     raise PoisonJob(reason)
-
-
-def install(app, settings) -> None:
-    """Wire retries, delayed runs and dead-letter upkeep: the promoter step and beat entries."""
-    from resilience import scheduler
-
-    scheduler.install(app, settings)
-    deadletter.install(app, settings)

@@ -40,13 +40,12 @@ from celery import bootsteps
 from kombu import Producer
 
 from resilience.keys import keys
-from resilience.platform_tasks import PROMOTE_DELAYED_RUNS, add_beat_entry
 from resilience.quarantine import TEXT, Bad, Batch, Reply, Shape, decode
-from resilience.settings import Settings, get_settings
+from resilience.settings import get_settings
 from resilience.store import get_redis, load_script
 from resilience.unacked import MESSAGE
 
-__all__ = ["wants_delay", "schedule", "capture_message", "promote_due", "waiting", "PromoterStep", "install"]
+__all__ = ["wants_delay", "schedule", "capture_message", "promote_due", "waiting", "PromoterStep"]
 
 log = logging.getLogger(__name__)
 
@@ -282,12 +281,3 @@ class PromoterStep(bootsteps.StartStopStep):
             self.tref = None
 
     shutdown = stop
-
-
-def install(app, settings: Settings) -> None:
-    """Promote from every worker, and from beat as a backstop."""
-    if not settings.feature_smart_retry:
-        return
-    app.steps["consumer"].add(PromoterStep)
-    add_beat_entry(app, settings, PROMOTE_DELAYED_RUNS, settings.scheduler_beat_interval_sec,
-                   expires=settings.scheduler_beat_interval_sec)

@@ -24,7 +24,7 @@ from typing import Any
 from resilience.redact import redact
 from resilience.settings import Settings, get_settings
 
-__all__ = ["before_send", "init", "install"]
+__all__ = ["before_send", "init", "init_on_signal"]
 
 log = logging.getLogger(__name__)
 
@@ -81,14 +81,5 @@ def init(settings: Settings | None = None) -> bool:
         return False
 
 
-def _init_on_signal(**_: Any) -> None:
+def init_on_signal(**_: Any) -> None:
     init()
-
-
-def install(app: Any, settings: Settings) -> None:
-    """Initialise when a worker or beat starts, and in each pool process after fork."""
-    from celery import signals
-
-    for signal, uid in ((signals.worker_init, "worker"), (signals.beat_init, "beat"),
-                        (signals.worker_process_init, "pool_process")):
-        signal.connect(_init_on_signal, dispatch_uid=f"resilience.sentry.init.{uid}", weak=False)

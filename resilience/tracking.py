@@ -31,7 +31,6 @@ bug in the same place groups together across deploys and arguments.
 
 from __future__ import annotations
 
-import atexit
 import collections
 import hashlib
 import itertools
@@ -52,12 +51,12 @@ from typing import Any
 from resilience.keys import keys
 from resilience.quarantine import INTEGER, NUMBER, OBJECT, TEXT, Bad, Batch, Shape, decode
 from resilience.redact import clip, redact_bounded, redact_text
-from resilience.settings import Settings, get_settings
+from resilience.settings import get_settings
 from resilience.store import get_redis, load_script
 
 __all__ = [
     "fingerprint", "normalise_message", "record_error", "flush", "patterns", "timeline",
-    "error_count_since", "install",
+    "error_count_since", "on_task_failure", "on_task_retry", "flush_at_exit",
 ]
 
 log = logging.getLogger(__name__)
@@ -367,7 +366,7 @@ def _expected(task: Any, exc: BaseException | None) -> bool:
     return bool(throws) and isinstance(exc, tuple(throws))
 
 
-def _on_task_failure(sender=None, task_id=None, exception=None, args=None, kwargs=None, traceback=None,
+def on_task_failure(sender=None, task_id=None, exception=None, args=None, kwargs=None, traceback=None,
                      einfo=None, **_: Any) -> None:
     try:
         if _expected(sender, exception):
@@ -385,7 +384,7 @@ def _on_task_failure(sender=None, task_id=None, exception=None, args=None, kwarg
         log.warning("error tracking: task_failure handler failed: %s", exc)
 
 
-def _on_task_retry(sender=None, request=None, reason=None, einfo=None, **_: Any) -> None:
+def on_task_retry(sender=None, request=None, reason=None, einfo=None, **_: Any) -> None:
     try:
         exc = getattr(reason, "exc", None)  # the Retry's underlying error; None: a plain self.retry()
         if not isinstance(exc, BaseException) or _expected(sender, exc):
@@ -459,7 +458,7 @@ def error_count_since(since: float) -> int:
 
 # -- wiring ----------------------------------------------------------------------------------
 
-def _flush_at_exit(**_: Any) -> None:
+def flush_at_exit(**_: Any) -> None:
     """Write what is buffered and give the alerts it raised a moment to go out."""
     try:
         flush()
@@ -468,27 +467,3 @@ def _flush_at_exit(**_: Any) -> None:
         alerts.flush(timeout=5.0)
     except Exception:  # noqa: BLE001 - exiting anyway
         pass
-
-
-def install(app: Any, settings: Settings) -> None:
-    """Wire error tracking, Sentry and webhook alerts (they feed each other) into ``app``.
-
-    Signal handlers connect once per process (``dispatch_uid``, ``weak=False``).
-    """
-    from resilience import alerts
-
-    alerts.install(app, settings)
-    if not settings.feature_error_tracking:
-        return
-    from celery import signals
-
-    signals.task_failure.connect(_on_task_failure, dispatch_uid="resilience.tracking.failure", weak=False)
-    signals.task_retry.connect(_on_task_retry, dispatch_uid="resilience.tracking.retry", weak=False)
-    signals.worker_process_shutdown.connect(_flush_at_exit, dispatch_uid="resilience.tracking.flush_child",
-                                            weak=False)
-    signals.worker_shutdown.connect(_flush_at_exit, dispatch_uid="resilience.tracking.flush_worker", weak=False)
-    atexit.register(_flush_at_exit)
-    if settings.sentry_dsn:
-        from resilience import sentry
-
-        sentry.install(app, settings)

@@ -214,8 +214,8 @@ def test_breaker_state_changes_and_stuck_job_recoveries_alert(alerting):
 
 
 def test_the_beat_task_evaluates_the_rules_in_a_worker(app, worker, alerting):
-    evaluate_alerts = app.tasks["resilience.alerts.evaluate"]
-    entry = app.conf.beat_schedule["resilience.alerts.evaluate"]
+    evaluate_alerts = app.tasks["resilience.evaluate_alerts"]
+    entry = app.conf.beat_schedule["resilience.evaluate_alerts"]
     assert entry["task"] == evaluate_alerts.name
     with configure(alert_min_workers=50):
         evaluate_alerts.apply_async(**entry["options"]).get(timeout=30)  # as beat sends it

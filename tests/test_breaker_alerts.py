@@ -20,7 +20,7 @@ SECRET = "breaker-alert-secret"
 
 def _breaker_alerts(receiver, state):
     return [a for a in receiver.alerts if a.payload["context"].get("rule") == "breaker_state"
-            and a.payload["context"].get("to") == state]
+            and a.payload["context"].get("state") == state]
 
 
 def test_an_opening_and_a_closing_breaker_each_send_one_signed_alert(r):

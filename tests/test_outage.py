@@ -147,9 +147,9 @@ def test_with_the_flag_off_publishing_is_celerys_own(redis_server, marks_path):
             mark.delay(marks_path)
         assert spool.count() == 0
         plain = Celery("plain")
-        from resilience.outage import install
+        from resilience.features import FEATURES, configure_features
 
-        install(plain, get_settings())
+        configure_features(plain, get_settings(), [f for f in FEATURES if f.name == "enhanced_redis"])
         assert plain.conf.worker_consumer == "celery.worker.consumer:Consumer"
 
 

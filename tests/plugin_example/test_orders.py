@@ -1,7 +1,7 @@
 # test_orders.py
-from orders.tasks import charge, export, notify
-
 from resilience.testing import configure
+
+from orders.tasks import charge, export, notify
 
 
 def test_a_charge_runs_once(resilience_worker, resilience_jobs):

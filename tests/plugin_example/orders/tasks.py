@@ -1,8 +1,9 @@
 # orders/tasks.py
 import time
 
-from orders.celery import app
 from resilience import PermanentError
+
+from orders.celery import app
 
 
 @app.task
