@@ -20,6 +20,7 @@ from typing import Any
 
 from resilience.keys import keys
 from resilience.platform_tasks import BEAT_PULSE
+from resilience.store import get_redis
 
 __all__ = ["PULSE_TASK", "STARTED_FIELD", "check", "on_beat_init"]
 
@@ -33,8 +34,6 @@ LATE_FACTOR = 3
 
 
 def _record(field: str, now: float | None = None) -> None:
-    from resilience.store import get_redis
-
     try:
         get_redis().hset(keys().beat_published, field, repr(time.time() if now is None else now))
     except Exception as exc:  # the probe will tell; beat keeps going
@@ -66,8 +65,6 @@ def _interval_sec(schedule: Any) -> float | None:
 
 def check(app, *, now: float | None = None, client=None) -> dict[str, Any]:
     """Beat's health from what it recorded: ``{status, checks: {...}, failed: [...]}``."""
-    from resilience.store import get_redis
-
     now = time.time() if now is None else now
     raw = (client or get_redis()).hgetall(keys().beat_published)
     seen: dict[str, float] = {}

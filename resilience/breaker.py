@@ -47,6 +47,7 @@ from resilience.observe import guarded
 from resilience.quarantine import INTEGER, NUMBER, TEXT, Shape, decode
 from resilience.settings import get_settings
 from resilience.store import get_redis, load_script
+from resilience.submission import republishing
 
 __all__ = [
     "Breaker", "get_breaker", "circuit", "status", "reset", "run_job", "park",
@@ -434,8 +435,6 @@ def park(task, args, kwargs, exc: CircuitOpenError) -> NoReturn:
     wait = exc.retry_after_sec if exc.retry_after_sec is not None else get_breaker(exc.breaker).reset_timeout
     delay = max(0.2, wait) + random.uniform(0, get_settings().breaker_park_jitter_sec)
     request = task.request
-    from resilience.submission import republishing
-
     with republishing("park"):  # the same publish, later
         task.signature_from_request(request, args, kwargs, countdown=delay,
                                     retries=request.retries or 0).apply_async()

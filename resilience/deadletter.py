@@ -21,7 +21,7 @@ never fails on a malformed entry (not JSON, fields missing or of the wrong
 type, see :data:`ENTRY`): such entries are reported as malformed and left in
 place until the trim reaches them, which moves them to the quarantine
 (:mod:`resilience.quarantine`). Replay refuses an entry whose queue is not one
-of the app's (:func:`resilience.runtime.queue_names`, or the task's own
+of the app's (:func:`resilience.queues.queue_names`, or the task's own
 route): a stored entry never decides which Redis key a message is pushed to.
 """
 
@@ -41,10 +41,13 @@ from typing import Any
 import redis
 
 from resilience.errors import ReplayRefused
+from resilience.executions import owner_of
 from resilience.keys import keys
 from resilience.quarantine import ANY, ARRAY, INTEGER, OBJECT, TEXT, Bad, Batch, Shape, decode
+from resilience.queues import queue_names
 from resilience.redact import redact_bounded
-from resilience.runtime import app_or_bound, queue_names, transport_options
+from resilience.runtime import app_or_bound, transport_options
+from resilience.scheduler import capture_message
 from resilience.settings import get_settings
 from resilience.store import get_redis, load_script
 
@@ -171,8 +174,6 @@ def bury(task, args, kwargs, exc: BaseException | None, reason: str) -> dict[str
     (``FEATURE_DEAD_LETTER=false`` or the task's ``dead_letter=False``); the
     job is closed as "dead" either way.
     """
-    from resilience.executions import owner_of
-
     settings = get_settings()
     request = task.request
     entry = build_entry(task, args, kwargs, exc, reason)
@@ -378,8 +379,6 @@ def fresh_envelope(data: dict[str, Any], app=None) -> tuple[str, str]:
     Raises :class:`~resilience.errors.ReplayRefused` when the entry may not be
     replayed (see :func:`replay_queue`).
     """
-    from resilience.scheduler import capture_message
-
     app = app_or_bound(app)
     queue = replay_queue(data, app)
     options = data.get("options") or {}

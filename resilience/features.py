@@ -47,9 +47,9 @@ from resilience import (
     metrics,
     outage,
     platform_tasks,
+    queues,
     reconnect,
     resultbackend,
-    runtime,
     scheduler,
     sentry,
     sweeper,
@@ -268,7 +268,7 @@ def _promote_delayed_runs(app: Any) -> int:
 
 
 def _evaluate_alerts(app: Any) -> list[str]:
-    return alert_rules.evaluate(queues=runtime.queue_names(app))
+    return alert_rules.evaluate(queues=queues.queue_names(app))
 
 
 def _beat_pulse(app: Any) -> None:

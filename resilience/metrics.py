@@ -73,6 +73,7 @@ from prometheus_client.utils import floatToGoString
 
 from resilience.connection import ConnectionObserver
 from resilience.observe import never_raises
+from resilience.settings import get_settings
 
 __all__ = [
     "ConnectionCounts", "CONTENT_TYPE_LATEST", "FLUSH_INTERVAL_SEC", "REGISTRY", "alerts_sent", "alerts_suppressed",
@@ -554,8 +555,6 @@ def on_task_retry(sender=None, **_: Any) -> None:
 @never_raises()
 def on_task_failure(sender=None, exception=None, **_: Any) -> None:
     """A failure that reaches Celery was not retried: on this platform it goes to the dead-letter queue."""
-    from resilience.settings import get_settings
-
     name = _name(sender)
     jobs_failed.labels(task=name).inc()
     if get_settings().feature_dead_letter and getattr(sender, "dead_letter", True):

@@ -39,8 +39,12 @@ from typing import Any
 from celery import bootsteps
 from kombu import Producer
 
+from resilience import executions
+from resilience.bounded import within_deadline
+from resilience.executions import owner_of
 from resilience.keys import keys
 from resilience.quarantine import TEXT, Bad, Batch, Reply, Shape, decode
+from resilience.republish import republish_of_current
 from resilience.settings import get_settings
 from resilience.store import get_redis, load_script
 from resilience.unacked import MESSAGE
@@ -91,8 +95,6 @@ def _capture_channel(app):
     if _capture.conn is None or _capture.pid != os.getpid() or _capture.app is not app:
         _drop_capture()
         from kombu.utils.json import dumps
-
-        from resilience.outage import within_deadline
 
         conn = app.connection_for_write()
         channel = within_deadline(lambda: conn.default_channel)  # kombu's Redis channel pings on creation
@@ -153,16 +155,12 @@ def schedule(task, args, kwargs, job_id: str, options: dict, fallback: Callable,
     """
     settings = get_settings()
     request = task.request
-    from resilience.submission import republish_of_current
-
     # The running job's retry (or parking) closes its run in the same step; a deferred
     # duplicate leaves the records of the run it waits for alone.
     retry = republish_of_current(task, job_id) in {"retry", "park"}
     if not settings.feature_smart_retry or task.app.conf.task_always_eager:
         result = fallback()
         if retry:
-            from resilience import executions
-
             executions.finish(task, "retrying", attempt=int(options.get("retries") or 0))
         return result
 
@@ -177,13 +175,9 @@ def schedule(task, args, kwargs, job_id: str, options: dict, fallback: Callable,
         return fallback(producer=producer, countdown=None, eta=None, retry=False, headers=headers)
 
     queue_key, envelope = capture_message(task.app, send)
-    from resilience.executions import owner_of
-
     k = keys()
     transport = dict(task.app.conf.broker_transport_options or {})
     properties = (getattr(request, "properties", None) or {}) if retry else {}
-    from resilience.outage import within_deadline
-
     within_deadline(lambda: load_script("schedule")(
         keys=[k.scheduled, k.scheduled_payloads, k.job_state(job_id), k.active, k.active_deadlines,
               k.kombu_unacked(transport), k.kombu_unacked_index(transport)],

@@ -23,6 +23,7 @@ from typing import Any
 
 from resilience.redact import redact
 from resilience.settings import Settings, get_settings
+from resilience.tracking import fingerprint_of_exception
 
 __all__ = ["before_send", "init", "init_on_signal"]
 
@@ -32,8 +33,6 @@ log = logging.getLogger(__name__)
 def before_send(event: dict[str, Any], hint: dict[str, Any]) -> dict[str, Any] | None:
     """Tag the event with the platform's fingerprint and mask its secrets."""
     try:
-        from resilience.tracking import fingerprint_of_exception
-
         exc_info = hint.get("exc_info") if hint else None
         if exc_info and exc_info[1] is not None:
             operation = _task_name(event) or "unknown"

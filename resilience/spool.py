@@ -40,6 +40,7 @@ from typing import Any
 
 from kombu.exceptions import EncodeError
 
+from resilience.alerts import alert
 from resilience.connection import is_outage
 from resilience.errors import ResilienceError, SpoolFull
 from resilience.localfiles import private_dir, private_file
@@ -143,8 +144,6 @@ def append(task_name: str, args, kwargs, job_id: str, options: dict[str, Any]) -
 def _report_full(n: int, task_name: str, job_id: str) -> None:
     log.error("publish spool full (%d jobs): rejected job %s of %s", n, job_id, task_name)
     try:
-        from resilience.alerts import alert
-
         alert(rule="spool_full", subject=str(spool_path().name), level="critical",
               title="Publish spool full", component="spool",
               message=f"the local publish spool holds {n} jobs; new jobs are refused until Redis is back",

@@ -20,8 +20,9 @@ from resilience.display import cell
 from resilience.errors import StoreUnavailable
 from resilience.keys import keys
 from resilience.quarantine import INTEGER, TEXT, Batch, Reply, Shape
+from resilience.queues import queue_names
 from resilience.redact import redact
-from resilience.runtime import queue_names, transport_options
+from resilience.runtime import transport_options
 from resilience.settings import get_settings
 from resilience.store import get_redis
 

@@ -42,8 +42,9 @@ import time
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from resilience import alert_rules, deadletter, metrics, unacked
+from resilience import alert_rules, deadletter, metrics, retrying, scheduler, unacked
 from resilience.connection import is_outage
+from resilience.executions import PUBLISH_HEADER
 from resilience.identity import hostname_of
 from resilience.keys import keys
 from resilience.locks import Lock
@@ -52,6 +53,7 @@ from resilience.quarantine import ARRAY, INTEGER, NUMBER, OBJECT, TEXT, Batch, R
 from resilience.runtime import app_or_bound, transport_options
 from resilience.settings import Settings, get_settings
 from resilience.store import get_redis, load_script
+from resilience.task import ResilientTask
 
 __all__ = ["SweepReport", "sweep", "register_control_command", "TERMINATE_SIGNAL", "LOCK_NAME"]
 
@@ -302,8 +304,6 @@ def _publish(app, entry: dict, job_id: str, *, retries: int, countdown: float) -
     if entry.get("idempotency_key"):
         headers["idempotency_key"] = entry["idempotency_key"]
     if entry.get("publish"):  # the same publish, put back: the execution guard runs it at most once
-        from resilience.executions import PUBLISH_HEADER
-
         headers[PUBLISH_HEADER] = entry["publish"]
     if headers:
         options["headers"] = headers
@@ -312,8 +312,6 @@ def _publish(app, entry: dict, job_id: str, *, retries: int, countdown: float) -
     if task is None:
         app.send_task(entry["task"], args=args, kwargs=kwargs, **options)
         return
-    from resilience import scheduler
-
     def plain(**overrides):
         return task.plain_apply_async(args, kwargs, **{**options, **overrides})
 
@@ -325,9 +323,6 @@ def _publish(app, entry: dict, job_id: str, *, retries: int, countdown: float) -
 
 # -- 3. jobs without progress -----------------------------------------------------------
 def _stop_stuck(app, r, k, settings: Settings, job_id: str, entry: dict, now: float, report: SweepReport) -> None:
-    from resilience import retrying
-    from resilience.task import ResilientTask
-
     task = app.tasks.get(entry.get("task")) or ResilientTask
     attempt = int(entry.get("attempt") or 0)
     timeout = float(entry.get("timeout") or settings.job_progress_timeout_sec)

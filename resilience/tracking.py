@@ -48,6 +48,8 @@ from dataclasses import dataclass
 from types import TracebackType
 from typing import Any
 
+from resilience import alerts
+from resilience.errors import CONTROL_FLOW
 from resilience.keys import keys
 from resilience.quarantine import INTEGER, NUMBER, OBJECT, TEXT, Bad, Batch, Shape, decode
 from resilience.redact import clip, redact_bounded, redact_text
@@ -358,8 +360,6 @@ def record_error(component: str, operation: str, error: BaseException | str, mes
 
 def _expected(task: Any, exc: BaseException | None) -> bool:
     """Celery control flow, or an error the task declares expected (``throws``)."""
-    from resilience.task import CONTROL_FLOW
-
     if exc is None or isinstance(exc, CONTROL_FLOW):
         return True
     throws = getattr(task, "throws", None) or ()
@@ -405,8 +405,6 @@ def _alert_job_failed(record: dict[str, Any]) -> None:
     settings = get_settings()
     if not settings.alert_on_job_failure:
         return
-    from resilience import alerts
-
     alerts.alert(
         "job_failed", record["fingerprint"], level="warning",
         title=f"Job {record['task']} failed: {record['error_type']}",
@@ -462,8 +460,6 @@ def flush_at_exit(**_: Any) -> None:
     """Write what is buffered and give the alerts it raised a moment to go out."""
     try:
         flush()
-        from resilience import alerts
-
         alerts.flush(timeout=5.0)
     except Exception:  # noqa: BLE001 - exiting anyway
         pass

@@ -16,6 +16,7 @@ from typing import Any
 
 from resilience.alerts import DEFAULT_TOLERANCE_SEC, SIGNATURE_HEADER, verify_request
 from resilience.localserver import LocalHTTPServer, QuietHandler
+from resilience.settings import get_settings, reset_settings
 
 __all__ = ["ReceivedAlert", "WebhookReceiver"]
 
@@ -89,8 +90,6 @@ def start_demo_receiver() -> WebhookReceiver | None:
     """
     import os
     import secrets
-
-    from resilience.settings import get_settings, reset_settings
 
     settings = get_settings()
     if settings.alert_webhook_url or not settings.feature_alerting:
