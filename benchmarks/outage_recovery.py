@@ -41,11 +41,11 @@ def main() -> None:
     import tasks  # noqa: F401 - the app, configured from the environment above
     from resilience import spool
     from resilience.testing import SubprocessWorker, hold_outage, wait_for
-    from tests.outage_jobs import mark, marks
+    from tests.jobs.outage import mark, marks
 
     marks_path = str(workdir / "marks.txt")
     results = {}
-    worker = SubprocessWorker(workdir / "logs", concurrency=2, include=["tests.outage_jobs"]).start().wait_ready()
+    worker = SubprocessWorker(workdir / "logs", concurrency=2, include=["tests.jobs.outage"]).start().wait_ready()
     try:
         ids = [mark.delay(marks_path, i).id for i in range(opts.jobs)]
         wait_for(lambda: len(marks(marks_path)) >= opts.jobs // 4, timeout=120, message="draining to start")

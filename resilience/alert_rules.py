@@ -14,7 +14,9 @@ no other module builds an alert. Called when something happens:
   "open" and the following "closed" are two alerts, each deduplicated on its own;
   ``open`` is critical, the others informational;
 * :func:`stuck_jobs_recovered` (:mod:`resilience.sweeper`, after a sweep that
-  acted): rule ``stuck_jobs_recovered``, warning.
+  acted): rule ``stuck_jobs_recovered``, warning;
+* :func:`job_failed` (:mod:`resilience.tracking`, ``ALERT_ON_JOB_FAILURE``) and
+  :func:`redis_full` (a worker's health monitor).
 
 Evaluated periodically by the beat task ``resilience.evaluate_alerts``
 (every ``ALERT_EVALUATE_INTERVAL_SEC``), see :func:`evaluate`:
@@ -49,7 +51,7 @@ from resilience.store import get_redis
 
 __all__ = [
     "ConnectionAlerts", "breaker_state_changed", "check_dead_letter_growth", "check_error_rate", "check_queue_backlog",
-    "check_workers", "evaluate", "redis_unreachable", "stuck_jobs_recovered",
+    "check_workers", "evaluate", "job_failed", "redis_full", "redis_unreachable", "stuck_jobs_recovered",
 ]
 
 log = logging.getLogger(__name__)
@@ -119,6 +121,30 @@ def stuck_jobs_recovered(count: int, job_ids: list[str] | None = None, *, subjec
           message=f"the stuck-job sweep recovered {count} jobs{detail}", component="sweeper",
           context={"count": count, "job_ids": list(job_ids or [])[:50], "restored": restored,
                    "requeued": requeued, "stopped": stopped, "dead_workers": list(dead_workers or [])})
+
+
+def job_failed(record: dict[str, Any]) -> None:
+    """A job failed for good (error tracking, with ``ALERT_ON_JOB_FAILURE`` on): rule ``job_failed``,
+    subject the error's fingerprint, so one bug alerts once per window however many jobs it fails.
+
+    ``record`` is the error record (:mod:`resilience.tracking`). Context: ``task``,
+    ``job_id``, ``fingerprint``, ``error_type``, ``worker``, ``args``, ``kwargs``.
+    """
+    context = record.get("context") or {}
+    alert("job_failed", record["fingerprint"], level="warning",
+          title=f"Job {record['task']} failed: {record['error_type']}", message=record["error_message"],
+          component="task",
+          context={"task": record["task"], "job_id": record["job_id"], "fingerprint": record["fingerprint"],
+                   "error_type": record["error_type"], "worker": record["worker"], "args": context.get("args"),
+                   "kwargs": context.get("kwargs")})
+
+
+def redis_full(worker: str | None, error: str | None) -> None:
+    """Redis reached ``maxmemory`` and refuses writes (a worker's health monitor): rule ``redis_full``,
+    critical. Context: ``worker``, ``error``."""
+    alert("redis_full", "redis", level="critical", title="Redis is full", component="redis",
+          message="Redis reached maxmemory and refuses writes; free memory or raise maxmemory",
+          context={"worker": worker, "error": error})
 
 
 class ConnectionAlerts(ConnectionObserver):

@@ -205,10 +205,8 @@ def _report_full(worker: str | None, error: str | None) -> None:
     log.error("Redis is full and refuses writes (%s): jobs wait, producers spool, workers hold off "
               "until memory is freed", error)
     try:
-        from resilience.alerts import alert
+        from resilience import alert_rules
 
-        alert(rule="redis_full", subject="redis", level="critical", title="Redis is full", component="redis",
-              message="Redis reached maxmemory and refuses writes; free memory or raise maxmemory",
-              context={"worker": worker, "error": error})
+        alert_rules.redis_full(worker, error)
     except Exception:  # an observer never breaks what it observes
         log.exception("redis_full alert not sent")

@@ -48,7 +48,7 @@ from dataclasses import dataclass
 from types import TracebackType
 from typing import Any
 
-from resilience import alerts
+from resilience import alert_rules, alerts
 from resilience.errors import CONTROL_FLOW
 from resilience.keys import keys
 from resilience.quarantine import INTEGER, NUMBER, OBJECT, TEXT, Bad, Batch, Shape, decode
@@ -405,14 +405,7 @@ def _alert_job_failed(record: dict[str, Any]) -> None:
     settings = get_settings()
     if not settings.alert_on_job_failure:
         return
-    alerts.alert(
-        "job_failed", record["fingerprint"], level="warning",
-        title=f"Job {record['task']} failed: {record['error_type']}",
-        message=record["error_message"], component="task",
-        context={"task": record["task"], "job_id": record["job_id"], "fingerprint": record["fingerprint"],
-                 "error_type": record["error_type"], "worker": record["worker"],
-                 "args": record["context"].get("args"), "kwargs": record["context"].get("kwargs")},
-    )
+    alert_rules.job_failed(record)
 
 
 # -- reading -------------------------------------------------------------------------------

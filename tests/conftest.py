@@ -119,5 +119,15 @@ def worker(app):
 
 
 @pytest.fixture
+def alerts_delivered():
+    """Alerts queued by an earlier test are delivered before this one starts, and this one's after it."""
+    from resilience import alerts
+
+    assert alerts.flush(30)
+    yield
+    assert alerts.flush(30)
+
+
+@pytest.fixture
 def log_dir(tmp_path) -> Path:
     return tmp_path / "logs"

@@ -30,17 +30,13 @@ from resilience.httpclient import BreakerClient
 from resilience.testing import SubprocessWorker, configure, in_process_worker, wait_for
 from resilience.webhook_receiver import WebhookReceiver
 from tests.jobs import fail_permanent, runs
-from tests.outage_jobs import mark
+from tests.jobs.outage import mark
 
 SECRET = "contract-secret"
 FIELDS = {"level", "title", "message", "component", "context", "timestamp", "environment"}
 
 
-@pytest.fixture(autouse=True)
-def _no_alerts_left_over():
-    assert alerts.flush(30)
-    yield
-    assert alerts.flush(30)
+pytestmark = pytest.mark.usefixtures("alerts_delivered")
 
 
 @pytest.fixture

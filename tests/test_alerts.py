@@ -18,12 +18,7 @@ from tests import jobs
 SECRET = "whsec-test-secret"
 
 
-@pytest.fixture(autouse=True)
-def _no_alerts_left_over():
-    """Alerts queued by an earlier test are delivered before this one starts, and this one's after it."""
-    assert alerts.flush(30)
-    yield
-    assert alerts.flush(30)
+pytestmark = pytest.mark.usefixtures("alerts_delivered")
 
 
 @pytest.fixture

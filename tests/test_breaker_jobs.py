@@ -7,7 +7,7 @@ import json
 import pytest
 from click.testing import CliRunner
 
-import tests.breaker_jobs as jobs
+import tests.jobs.breaker as jobs
 from resilience import breaker as breakers
 from resilience.flakyapi import FlakyAPI
 from resilience.keys import keys
@@ -52,7 +52,7 @@ def test_outage_opens_the_breaker_for_every_worker_and_parked_jobs_complete_on_r
     options = dict(FAST, feature_idempotency=False)
     with FlakyAPI(mode="failing") as api, configure(**options):
         env = settings_env(**options)
-        workers = [SubprocessWorker(log_dir, concurrency=1, include=["tests.breaker_jobs"], env=env)
+        workers = [SubprocessWorker(log_dir, concurrency=1, include=["tests.jobs.breaker"], env=env)
                    for _ in range(2)]
         try:
             for w in workers:

@@ -22,8 +22,8 @@ from resilience import ResilientTask, idempotency, install, runtime, scheduler
 from resilience.errors import UnserializableArgument
 from resilience.keys import keys
 from resilience.testing import SubprocessWorker, in_process_worker, wait_for
-from tests import semantics_jobs as jobs
 from tests.jobs import runs
+from tests.jobs import semantics as jobs
 
 pytestmark = pytest.mark.usefixtures("app")
 

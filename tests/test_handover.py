@@ -16,7 +16,7 @@ from resilience import executions
 from resilience.cutproxy import CutProxy
 from resilience.store import load_script
 from resilience.testing import SubprocessWorker, hold_outage, wait_for
-from tests.outage_jobs import gated_mark, mark, marks
+from tests.jobs.outage import gated_mark, mark, marks
 
 pytestmark = pytest.mark.slow
 
@@ -28,7 +28,7 @@ def proxy(redis_server):
 
 
 def _worker(log_dir, proxy: CutProxy, *extra: str) -> SubprocessWorker:
-    worker = SubprocessWorker(log_dir, concurrency=1, include=["tests.outage_jobs"],
+    worker = SubprocessWorker(log_dir, concurrency=1, include=["tests.jobs.outage"],
                               env={"REDIS_URL": proxy.url}, extra_args=list(extra)).start()
     return worker.wait_ready(120)
 

@@ -18,7 +18,7 @@ from resilience.errors import BrokerUnavailable, SpoolFull
 from resilience.reconnect import reconnect_backoff
 from resilience.settings import get_settings
 from resilience.testing import configure, in_process_worker, settings_env, wait_for
-from tests.outage_jobs import mark, marks
+from tests.jobs.outage import mark, marks
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -107,7 +107,7 @@ def test_a_producer_restarted_during_the_outage_loses_none_of_its_spooled_jobs(a
     env = {**settings_env(data_dir=get_settings().data_dir), "PYTHONPATH": str(ROOT)}
     submit = textwrap.dedent(f"""
         import os, tasks
-        from tests.outage_jobs import mark
+        from tests.jobs.outage import mark
         ids = [mark.delay({marks_path!r}, i).id for i in range(50)]
         print(" ".join(ids), flush=True)
         os._exit(0)  # the producer dies before Redis returns

@@ -11,8 +11,8 @@ from resilience import deadletter, executions, scheduler
 from resilience.backoff import ExponentialBackoff
 from resilience.keys import keys
 from resilience.testing import configure, in_process_worker, wait_for
-from tests import retry_jobs
 from tests.jobs import add, fail_permanent, runs
+from tests.jobs import retry as retry_jobs
 
 WAIT = 30  # generous: the machine may be loaded
 
