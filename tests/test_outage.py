@@ -161,7 +161,18 @@ def test_the_consumer_reconnect_schedule_is_exponential_and_capped():
     assert all(0.5 * c <= backoff.compute(n) <= c for n, c in enumerate(ceilings))
 
 
+class _Unreachable(connection.ConnectionObserver):
+    """Records what the connection state tells its observers about outages."""
+
+    told: list[tuple[str, float]] = []
+
+    def on_unreachable(self, component: str, down_for_sec: float, last_error: str | None) -> None:
+        self.told.append((component, down_for_sec))
+
+
 def test_connection_state_counts_transitions_and_alerts_once_when_down_too_long(caplog):
+    connection.add_observer(_Unreachable())
+    _Unreachable.told.clear()
     with configure(alert_redis_down_sec=30):
         assert connection.mark_down("broker", ConnectionError("refused"), now=1000.0) is True
         assert connection.mark_down("broker", ConnectionError("refused"), now=1001.0) is False
@@ -173,6 +184,7 @@ def test_connection_state_counts_transitions_and_alerts_once_when_down_too_long(
     assert broker == {"up": True, "since": 1050.0, "reconnects": 1, "disconnects": 1, "last_error": None}
     assert any("redis_unreachable" in rec.getMessage() or "unreachable" in rec.getMessage()
                for rec in caplog.records)
+    assert _Unreachable.told == [("broker", 31.0)]  # once per outage, to every observer
 
 
 def test_store_and_result_backend_connections_report_their_state(app, redis_server):

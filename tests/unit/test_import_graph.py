@@ -158,3 +158,12 @@ def test_the_foundation_imports_no_feature():
 
 def test_the_cycle_finder_finds_a_cycle():
     assert cycles({"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}}) == [["a", "b", "c"]]
+
+
+def test_the_architecture_document_names_every_module_in_its_layer():
+    text = (PACKAGE.parent / "docs" / "architecture.md").read_text()
+    rows = {line.split("|")[1].strip(): line for line in text.splitlines() if line.startswith("| ") and ". " in line}
+    for index, (layer, members) in enumerate(LAYERS.items(), start=1):
+        row = rows[f"{index}. {layer}"]
+        for module in members - {"__init__"}:
+            assert f"`{module}`" in row, f"docs/architecture.md: {module} is not listed in the {layer} layer"
