@@ -227,6 +227,8 @@ def _mask_key_value(match: re.Match) -> str:
     opening = match["escape"] or quoted[:2 if quoted[0] in "bB" else 1]
     closing = opening[-1] if opening[0] in "bB" else opening
     closed = len(quoted) >= len(opening) + len(closing) and quoted.endswith(closing)
+    if len(quoted) == len(opening) + (len(closing) if closed else 0):
+        return match[0]  # an empty value: nothing to hide, and a mask would only lengthen the text
     return f"{match['key']}{opening}{MASK}{closing if closed else ''}"
 
 
