@@ -57,7 +57,7 @@ class Demo:
         """Submit the mix until stopped: each kind shows a feature."""
         demo = _DemoJobs(self.app)
         interval = 1.0 / max(self.rate, 0.1)
-        from resilience.flakyapi import FlakyAPI
+        from resilience.testing.flakyapi import FlakyAPI
 
         api = FlakyAPI().start()  # the "external API": fails for a while, then recovers
         api.fail_between(time.time() + 15, time.time() + 40)
@@ -142,13 +142,13 @@ class Demo:
                   + "  |  Ctrl-C stops")
         parts: list[Any] = [Panel(header), Panel(self.producer_line()), table, done, render(collect(self.app))]
         if self.alert_receiver is not None:
-            from resilience.webhook_receiver import render_alerts
+            from resilience.testing.webhook_receiver import render_alerts
 
             parts.append(render_alerts(self.alert_receiver))
         return Group(*parts)
 
     def run(self) -> None:
-        from resilience.webhook_receiver import start_demo_receiver
+        from resilience.testing.webhook_receiver import start_demo_receiver
 
         self.alert_receiver = start_demo_receiver()  # alerts shown live when no webhook is configured
         platform = Platform(app_spec=self.app_spec, flower=self.flower, log_to_files=True).start()

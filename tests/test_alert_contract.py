@@ -25,10 +25,10 @@ import pytest
 from resilience import alerts, connection, sweeper, tracking
 from resilience.alerts import LEVELS
 from resilience.errors import CircuitOpenError
-from resilience.flakyapi import FlakyAPI
 from resilience.httpclient import BreakerClient
 from resilience.testing import SubprocessWorker, configure, in_process_worker, wait_for
-from resilience.webhook_receiver import WebhookReceiver
+from resilience.testing.flakyapi import FlakyAPI
+from resilience.testing.webhook_receiver import WebhookReceiver
 from tests.jobs import fail_permanent, runs
 from tests.jobs.outage import mark
 

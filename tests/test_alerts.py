@@ -12,7 +12,7 @@ import pytest
 from resilience import alert_rules, alerts, tracking
 from resilience.keys import keys
 from resilience.testing import configure, free_port, wait_for
-from resilience.webhook_receiver import WebhookReceiver
+from resilience.testing.webhook_receiver import WebhookReceiver
 from tests import jobs
 
 SECRET = "whsec-test-secret"

@@ -10,10 +10,10 @@ import pytest
 
 from resilience import alerts
 from resilience.errors import CircuitOpenError
-from resilience.flakyapi import FlakyAPI
 from resilience.httpclient import BreakerClient
 from resilience.testing import configure, wait_for
-from resilience.webhook_receiver import WebhookReceiver
+from resilience.testing.flakyapi import FlakyAPI
+from resilience.testing.webhook_receiver import WebhookReceiver
 
 SECRET = "breaker-alert-secret"
 

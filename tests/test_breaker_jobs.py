@@ -9,9 +9,9 @@ from click.testing import CliRunner
 
 import tests.jobs.breaker as jobs
 from resilience import breaker as breakers
-from resilience.flakyapi import FlakyAPI
 from resilience.keys import keys
 from resilience.testing import SubprocessWorker, configure, in_process_worker, settings_env, wait_for
+from resilience.testing.flakyapi import FlakyAPI
 
 FAST = dict(breaker_fail_max=5, breaker_reset_timeout_sec=2, breaker_park_jitter_sec=0.5)
 

@@ -19,7 +19,7 @@ import tests.jobs.redact as rj
 from resilience import alerts, deadletter, tracking
 from resilience.keys import keys
 from resilience.testing import SubprocessWorker, configure, settings_env, wait_for
-from resilience.webhook_receiver import WebhookReceiver
+from resilience.testing.webhook_receiver import WebhookReceiver
 from tests.secret_forms import FORMS
 from tests.sentry_standin import SentryStandIn
 

@@ -10,7 +10,7 @@ import tests.jobs.tracking as tj
 from resilience import tracking
 from resilience.keys import keys
 from resilience.testing import SubprocessWorker, settings_env, wait_for
-from resilience.webhook_receiver import WebhookReceiver
+from resilience.testing.webhook_receiver import WebhookReceiver
 from tests.sentry_standin import SentryStandIn
 
 SECRET = "whsec-masking"

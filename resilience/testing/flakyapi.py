@@ -14,7 +14,7 @@ import threading
 import time
 from http.server import BaseHTTPRequestHandler
 
-from resilience.localserver import LocalHTTPServer, QuietHandler
+from resilience.testing.localserver import LocalHTTPServer, QuietHandler
 
 __all__ = ["FlakyAPI"]
 

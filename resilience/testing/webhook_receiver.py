@@ -15,8 +15,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from resilience.alerts import DEFAULT_TOLERANCE_SEC, SIGNATURE_HEADER, verify_request
-from resilience.localserver import LocalHTTPServer, QuietHandler
 from resilience.settings import get_settings, reset_settings
+from resilience.testing.localserver import LocalHTTPServer, QuietHandler
 
 __all__ = ["ReceivedAlert", "WebhookReceiver"]
 

@@ -30,11 +30,12 @@ LAYERS: dict[str, set[str]] = {
         "deadletter", "breaker", "httpclient", "heartbeat", "sweeper", "outage", "spool", "pending_writes",
         # health
         "health", "healthserver", "healthmonitor", "beatprobe", "status",
-        # test helpers shipped with the library
-        "localserver", "flakyapi", "webhook_receiver", "cutproxy",
     },
     "wiring": {"features", "install", "__init__"},
-    "platform": {"supervisor", "demo", "cli", "testing", "bundled"},
+    # cutproxy, flakyapi, localserver and webhook_receiver: the former paths of
+    # resilience.testing's helpers, aliases of the same modules.
+    "platform": {"supervisor", "demo", "cli", "testing", "bundled", "cutproxy", "flakyapi", "localserver",
+                 "webhook_receiver"},
 }
 
 
