@@ -1,18 +1,27 @@
-"""The alert rules, each with its threshold setting.
+"""The alert rules, each with its threshold setting: every alert the platform sends is built here.
 
-Called by other features when something happens:
+Each rule function builds its alert (level, title, message, component and
+context of the DESIGN.md payload) and hands it to :func:`resilience.alerts.alert`;
+no other module builds an alert. Called when something happens:
 
-* :func:`redis_unreachable` (the Redis-outage feature): Redis unreachable for
-  longer than ``ALERT_REDIS_DOWN_SEC`` -> critical, rule ``redis_unreachable``;
+* :func:`redis_unreachable`: a Redis connection (``broker``, ``store``,
+  ``backend``, ...; the subject) unreachable for longer than
+  ``ALERT_REDIS_DOWN_SEC`` -> critical, rule ``redis_unreachable``. The
+  connection state (:mod:`resilience.connection`) tells :class:`ConnectionAlerts`
+  once per outage;
+* :func:`breaker_state_changed` (:mod:`resilience.breaker`, on each transition
+  a process makes): rule ``breaker_state``, subject ``<breaker>:<state>``, so an
+  "open" and the following "closed" are two alerts, each deduplicated on its own;
+  ``open`` is critical, the others informational;
+* :func:`stuck_jobs_recovered` (:mod:`resilience.sweeper`, after a sweep that
+  acted): rule ``stuck_jobs_recovered``, warning;
+* :func:`job_failed` (:mod:`resilience.tracking`, ``ALERT_ON_JOB_FAILURE``),
+  :func:`redis_full` (a worker's health monitor);
 * :func:`redis_failover` (:mod:`resilience.sentinel`): Sentinel promoted a new
   primary -> warning, rule ``redis_failover``, subject ``<master>:<new primary>``,
-  so every process that notices the same failover shares one alert;
-* :func:`breaker_state_changed` (the breaker feature): rule ``breaker_state``,
-  subject ``<breaker>:<state>``, so an "opened" and the following "closed" are
-  two alerts, each deduplicated on its own;
-* :func:`stuck_jobs_recovered` (the stuck-job sweep): rule ``stuck_jobs_recovered``.
+  so every process that notices the same failover shares one alert.
 
-Evaluated periodically by the beat task ``resilience.alerts.evaluate``
+Evaluated periodically by the beat task ``resilience.evaluate_alerts``
 (every ``ALERT_EVALUATE_INTERVAL_SEC``), see :func:`evaluate`:
 
 * ``error_rate``: more than ``ALERT_ERROR_RATE_PER_MIN`` errors recorded in
@@ -37,14 +46,16 @@ import time
 from typing import Any
 
 from resilience.alerts import alert, send_due_summaries
+from resilience.connection import ConnectionObserver
 from resilience.keys import keys
 from resilience.quarantine import Bad, Batch, Reply
 from resilience.settings import get_settings
 from resilience.store import get_redis
 
 __all__ = [
-    "breaker_state_changed", "check_dead_letter_growth", "check_error_rate", "check_queue_backlog",
-    "check_workers", "evaluate", "redis_failover", "redis_unreachable", "stuck_jobs_recovered",
+    "ConnectionAlerts", "breaker_state_changed", "check_dead_letter_growth", "check_error_rate", "check_queue_backlog",
+    "check_workers", "evaluate", "job_failed", "redis_failover", "redis_full", "redis_unreachable",
+    "stuck_jobs_recovered",
 ]
 
 log = logging.getLogger(__name__)
@@ -52,41 +63,111 @@ log = logging.getLogger(__name__)
 
 # -- called by other features -------------------------------------------------------------
 
-def redis_unreachable(seconds: float, *, detail: str = "") -> bool:
-    """Redis has been unreachable for ``seconds``: alert once past ``ALERT_REDIS_DOWN_SEC``."""
+def redis_unreachable(seconds: float, *, connection: str = "redis", last_error: str | None = None) -> bool:
+    """A Redis connection has been unreachable for ``seconds``: alert past ``ALERT_REDIS_DOWN_SEC``.
+
+    Context: ``connection``, ``down_for_sec``, ``threshold_sec``, ``last_error``.
+    """
     threshold = get_settings().alert_redis_down_sec
     if seconds < threshold:
         return False
-    alert("redis_unreachable", "redis", level="critical", title="Redis unreachable",
-          message=f"Redis has been unreachable for {seconds:.0f}s (threshold {threshold}s). {detail}".strip(),
-          component="redis", context={"seconds": round(seconds, 1), "threshold_sec": threshold})
+    alert("redis_unreachable", connection, level="critical", title=f"Redis {connection} unreachable",
+          message=f"the {connection} connection has been down for {seconds:.0f}s (threshold {threshold}s)",
+          component="redis",
+          context={"connection": connection, "down_for_sec": round(seconds, 1), "threshold_sec": threshold,
+                   "last_error": last_error})
     return True
 
 
 def redis_failover(previous: str, primary: str, *, master: str = "") -> None:
-    """Sentinel promoted a new Redis primary: one warning per new primary (subject: its address)."""
+    """Sentinel promoted a new Redis primary: one warning per new primary (subject: its address).
+
+    Context: ``master``, ``primary``, ``previous``.
+    """
     alert("redis_failover", f"{master}:{primary}", level="warning", title="Redis failover",
           message=f"the sentinels promoted {primary} to primary of {master or 'Redis'} (was {previous}); "
                   "clients follow it, check why the old primary went down",
           component="redis", context={"master": master, "primary": primary, "previous": previous})
 
 
-def breaker_state_changed(name: str, state: str, *, failures: int | None = None,
-                          context: dict[str, Any] | None = None) -> None:
-    """A circuit breaker changed state (``open`` is critical, others informational)."""
-    level = "critical" if state == "open" else "info"
-    alert("breaker_state", f"{name}:{state}", level=level, title=f"Circuit breaker {name} {state}",
-          message=f"breaker {name} is now {state}" + (f" after {failures} failures" if failures else ""),
-          component="breaker", context={"breaker": name, "state": state, "failures": failures, **(context or {})})
+#: Past participles of the breaker states, for titles.
+_BREAKER_TITLES = {"open": "opened", "closed": "closed", "half-open": "half-open"}
 
 
-def stuck_jobs_recovered(count: int, job_ids: list[str] | None = None, *, subject: str = "sweep") -> None:
-    """The sweep recovered ``count`` stuck jobs."""
+def breaker_state_changed(name: str, state: str, *, previous: str | None = None, failures: int | None = None,
+                          reset_timeout_sec: float | None = None, error: str | None = None) -> None:
+    """A circuit breaker changed state (``open`` is critical, others informational).
+
+    Context: ``breaker``, ``state``, ``previous``, ``failures``, and ``error`` (the
+    failure that opened it) when known.
+    """
+    came_from = f" ({previous} -> {state})" if previous else ""
+    if state == "open":
+        level = "critical"
+        refused = f" for {reset_timeout_sec:g}s" if reset_timeout_sec is not None else ""
+        message = f"calls through {name} are refused{refused}" + (
+            f" after {failures} failures" if failures else "") + came_from
+    elif state == "closed":
+        level, message = "info", f"{name} recovered{came_from}"
+    else:
+        level, message = "info", f"{name} admits trial calls{came_from}"
+    context: dict[str, Any] = {"breaker": name, "state": state, "previous": previous, "failures": failures}
+    if error is not None:
+        context["error"] = error
+    alert("breaker_state", f"{name}:{state}", level=level,
+          title=f"Circuit breaker {name} {_BREAKER_TITLES.get(state, state)}", message=message,
+          component="breaker", context=context)
+
+
+def stuck_jobs_recovered(count: int, job_ids: list[str] | None = None, *, subject: str = "sweep",
+                         restored: int = 0, requeued: int = 0, stopped: int = 0,
+                         dead_workers: list[str] | None = None) -> None:
+    """The sweep recovered ``count`` stuck jobs (``restored`` orphaned messages, ``requeued`` jobs of
+    dead workers, ``stopped`` jobs without progress).
+
+    Context: ``count``, ``job_ids`` (at most 50), ``restored``, ``requeued``,
+    ``stopped``, ``dead_workers``.
+    """
     if count <= 0:
         return
+    detail = f" ({restored} orphaned messages restored, {requeued} jobs of dead workers requeued, " \
+             f"{stopped} jobs without progress stopped)" if restored or requeued or stopped else ""
     alert("stuck_jobs_recovered", subject, level="warning", title=f"{count} stuck jobs recovered",
-          message=f"the stuck-job sweep requeued {count} jobs", component="sweeper",
-          context={"count": count, "job_ids": list(job_ids or [])[:50]})
+          message=f"the stuck-job sweep recovered {count} jobs{detail}", component="sweeper",
+          context={"count": count, "job_ids": list(job_ids or [])[:50], "restored": restored,
+                   "requeued": requeued, "stopped": stopped, "dead_workers": list(dead_workers or [])})
+
+
+def job_failed(record: dict[str, Any]) -> None:
+    """A job failed for good (error tracking, with ``ALERT_ON_JOB_FAILURE`` on): rule ``job_failed``,
+    subject the error's fingerprint, so one bug alerts once per window however many jobs it fails.
+
+    ``record`` is the error record (:mod:`resilience.tracking`). Context: ``task``,
+    ``job_id``, ``fingerprint``, ``error_type``, ``worker``, ``args``, ``kwargs``.
+    """
+    context = record.get("context") or {}
+    alert("job_failed", record["fingerprint"], level="warning",
+          title=f"Job {record['task']} failed: {record['error_type']}", message=record["error_message"],
+          component="task",
+          context={"task": record["task"], "job_id": record["job_id"], "fingerprint": record["fingerprint"],
+                   "error_type": record["error_type"], "worker": record["worker"], "args": context.get("args"),
+                   "kwargs": context.get("kwargs")})
+
+
+def redis_full(worker: str | None, error: str | None) -> None:
+    """Redis reached ``maxmemory`` and refuses writes (a worker's health monitor): rule ``redis_full``,
+    critical. Context: ``worker``, ``error``."""
+    alert("redis_full", "redis", level="critical", title="Redis is full", component="redis",
+          message="Redis reached maxmemory and refuses writes; free memory or raise maxmemory",
+          context={"worker": worker, "error": error})
+
+
+class ConnectionAlerts(ConnectionObserver):
+    """The alerting feature's connection observer: a connection down longer than
+    ``ALERT_REDIS_DOWN_SEC`` raises :func:`redis_unreachable`."""
+
+    def on_unreachable(self, component: str, down_for_sec: float, last_error: str | None) -> None:
+        redis_unreachable(down_for_sec, connection=component, last_error=last_error)
 
 
 # -- periodic ------------------------------------------------------------------------------

@@ -22,7 +22,7 @@ delivery stays within ``ALERT_WEBHOOK_DEADLINE_SEC``. Only a 2xx reply counts as
 delivered; redirects are not followed, and a 3xx or 4xx reply is not retried
 (408 and 429 are, like 5xx). When a window ends, whichever process
 claims it first (``lua/alert_due.lua``: the sender threads that saw it, and the
-beat task ``resilience.alerts.evaluate``) sends one summary carrying the count
+beat task ``resilience.evaluate_alerts``) sends one summary carrying the count
 of suppressed repeats. If Redis itself is unreachable the window is kept per
 process, so a Redis outage alert still goes out.
 
@@ -64,13 +64,14 @@ from datetime import UTC, datetime
 from typing import Any
 from urllib.parse import urlsplit
 
+from resilience import metrics
 from resilience.backoff import ExponentialBackoff
 from resilience.keys import keys
+from resilience.observe import call_guarded
 from resilience.quarantine import OBJECT, TEXT, Batch, Shape
 from resilience.redact import redact_bounded, redact_text
 from resilience.settings import Settings, get_settings
 from resilience.store import load_script
-from resilience.platform_tasks import EVALUATE_ALERTS, add_beat_entry
 
 __all__ = [
     "DEFAULT_TOLERANCE_SEC", "LEVELS", "SIGNATURE_HEADER", "TIMESTAMPED_SIGNATURE_HEADER", "TIMESTAMP_HEADER", "alert",
@@ -130,7 +131,7 @@ def verify(body: bytes, header: str | None, secret: str) -> bool:
     It proves who sent the body, not when: prefer :func:`verify_request`, which
     also refuses a replayed alert.
     """
-    return bool(header) and _same(sign(body, secret), header)
+    return bool(header) and _same(sign(body, secret), header or "")
 
 
 def _header(headers: Mapping[str, str], name: str) -> str | None:
@@ -260,7 +261,7 @@ def _send_loop(sender: _Sender) -> None:
             rule, subject, fields = q.get(timeout=timeout)
         except queue.Empty:
             if sender.watch_until:  # a window this process saw may have ended
-                _safely(send_due_summaries)
+                call_guarded("alerts: send_due_summaries", send_due_summaries)
                 if time.monotonic() >= sender.watch_until:
                     sender.watch_until = 0.0
             continue
@@ -272,26 +273,7 @@ def _send_loop(sender: _Sender) -> None:
             q.task_done()
         if time.monotonic() >= sender.next_due_check:  # busy: still look for ended windows now and then
             sender.next_due_check = time.monotonic() + _SUMMARY_POLL_SEC
-            _safely(send_due_summaries)
-
-
-#: Names of background steps whose last run failed: reported once per streak, not every poll.
-_failing: set[str] = set()
-
-
-def _safely(fn, *args: Any) -> Any:
-    name = getattr(fn, "__name__", str(fn))
-    try:
-        result = fn(*args)
-    except Exception as exc:
-        level = logging.DEBUG if name in _failing else logging.WARNING
-        _failing.add(name)
-        log.log(level, "alerts: %s failed: %s", name, exc)
-        return None
-    if name in _failing:
-        _failing.discard(name)
-        log.warning("alerts: %s works again", name)
-    return result
+            call_guarded("alerts: send_due_summaries", send_due_summaries)
 
 
 def _deliver(sender: _Sender, rule: str, subject: str, payload: dict[str, Any]) -> None:
@@ -314,9 +296,11 @@ def _deliver(sender: _Sender, rule: str, subject: str, payload: dict[str, Any]) 
             sender.local_windows[member] = now + settings.alert_window_sec
     if opened:
         _log_alert(rule, subject, payload["level"], payload["title"], payload["message"])
-        post(payload, settings=settings)
+        if post(payload, settings=settings):
+            metrics.alerts_sent.labels(rule=rule, level=payload["level"]).inc()
     else:
         log.debug("alert %s/%s suppressed: already sent in this window", rule, subject)
+        metrics.alerts_suppressed.labels(rule=rule).inc()
 
 
 def send_due_summaries(now: float | None = None, *, limit: int = 100) -> int:
@@ -346,7 +330,8 @@ def send_due_summaries(now: float | None = None, *, limit: int = 100) -> int:
                     f"Latest: {last.get('message', '')}",
             component=last.get("component", "alerts"), context=context, now=now, settings=settings)
         _log_alert(rule, subject, payload["level"], payload["title"], payload["message"])
-        post(payload, settings=settings)
+        if post(payload, settings=settings):
+            metrics.alerts_sent.labels(rule=rule, level=payload["level"]).inc()
         sent += 1
     unreadable.flush()
     return sent
@@ -507,17 +492,6 @@ def check_webhook(settings: Settings | None = None) -> bool:
     return True
 
 
-def _check_webhook_in_background(**_: Any) -> None:
-    threading.Thread(target=_safely, args=(check_webhook,), name="resilience-webhook-check", daemon=True).start()
-
-
-def install(app: Any, settings: Settings) -> None:
-    """Report an unreachable webhook when a worker starts; schedule the periodic rules."""
-    if not settings.feature_alerting:
-        return
-    from celery import signals
-
-    signals.worker_ready.connect(_check_webhook_in_background, dispatch_uid="resilience.alerts.check_webhook",
-                                 weak=False)
-    add_beat_entry(app, settings, EVALUATE_ALERTS, settings.alert_evaluate_interval_sec,
-                   expires=settings.alert_evaluate_interval_sec)
+def check_webhook_in_background(**_: Any) -> None:
+    threading.Thread(target=call_guarded, args=("alerts: check_webhook", check_webhook),
+                     name="resilience-webhook-check", daemon=True).start()

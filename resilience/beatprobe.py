@@ -19,10 +19,10 @@ from datetime import timedelta
 from typing import Any
 
 from resilience.keys import keys
-from resilience.platform_tasks import BEAT_PULSE, add_beat_entry
-from resilience.settings import Settings, get_settings
+from resilience.platform_tasks import BEAT_PULSE
+from resilience.store import get_redis
 
-__all__ = ["PULSE_TASK", "STARTED_FIELD", "check", "install"]
+__all__ = ["PULSE_TASK", "STARTED_FIELD", "check", "on_beat_init"]
 
 log = logging.getLogger(__name__)
 
@@ -34,15 +34,13 @@ LATE_FACTOR = 3
 
 
 def _record(field: str, now: float | None = None) -> None:
-    from resilience.store import get_redis
-
     try:
         get_redis().hset(keys().beat_published, field, repr(time.time() if now is None else now))
     except Exception as exc:  # the probe will tell; beat keeps going
         log.warning("beat probe: could not record %s: %s", field, exc)
 
 
-def _on_beat_init(**_: Any) -> None:
+def on_beat_init(**_: Any) -> None:
     from celery import signals
 
     signals.after_task_publish.connect(_on_publish, weak=False, dispatch_uid="resilience.beatprobe.publish")
@@ -67,15 +65,12 @@ def _interval_sec(schedule: Any) -> float | None:
 
 def check(app, *, now: float | None = None, client=None) -> dict[str, Any]:
     """Beat's health from what it recorded: ``{status, checks: {...}, failed: [...]}``."""
-    from resilience.store import get_redis
-
     now = time.time() if now is None else now
-    settings = get_settings()
     raw = (client or get_redis()).hgetall(keys().beat_published)
     seen: dict[str, float] = {}
     for name, value in raw.items():
         try:
-            seen[name] = float(value)
+            seen[str(name)] = float(value)
         except (TypeError, ValueError):
             continue
     started = seen.get(STARTED_FIELD)
@@ -97,16 +92,7 @@ def check(app, *, now: float | None = None, client=None) -> dict[str, Any]:
         if reference is not None and now - reference > limit:
             result["ok"] = False
             result["error"] = (f"not published for {now - reference:.0f}s (limit {limit:.0f}s)" if last
-                               else f"never published since beat started {now - started:.0f}s ago")
+                               else f"never published since beat started {now - reference:.0f}s ago")
         checks[entry_name] = result
     failed = sorted(name for name, result in checks.items() if not result["ok"])
     return {"status": "ok" if not failed else "unhealthy", "timestamp": now, "failed": failed, "checks": checks}
-
-
-def install(app, settings: Settings) -> None:
-    """Beat's pulse entry and the recording of its publishes."""
-    from celery import signals
-
-    add_beat_entry(app, settings, PULSE_TASK, settings.health_beat_pulse_sec,
-                   expires=settings.health_beat_pulse_sec * LATE_FACTOR)
-    signals.beat_init.connect(_on_beat_init, weak=False, dispatch_uid="resilience.beatprobe.init")

@@ -40,11 +40,14 @@ import pybreaker
 import redis
 from celery.exceptions import Ignore, Reject, Retry
 
+from resilience import alert_rules
 from resilience.errors import CircuitOpenError
 from resilience.keys import keys
+from resilience.observe import guarded
 from resilience.quarantine import INTEGER, NUMBER, TEXT, Shape, decode
 from resilience.settings import get_settings
 from resilience.store import get_redis, load_script
+from resilience.submission import republishing
 
 __all__ = [
     "Breaker", "get_breaker", "circuit", "status", "reset", "run_job", "park",
@@ -178,7 +181,7 @@ class Breaker(pybreaker.CircuitBreaker):
             self.half_open_max_calls_option = half_open_max_calls
         for exclusion in exclude:
             if exclusion not in self._excluded_exceptions:
-                self._excluded_exceptions.append(exclusion)
+                self._excluded_exceptions.append(exclusion)  # type: ignore[arg-type]  # pybreaker's alias
         return self
 
     # -- state -----------------------------------------------------------------------
@@ -190,12 +193,21 @@ class Breaker(pybreaker.CircuitBreaker):
         return record
 
     @property
+    def name(self) -> str:
+        """The breaker's name (every breaker here has one)."""
+        return str(self._name)
+
+    @name.setter
+    def name(self, name: str) -> None:
+        self._name = name
+
+    @property
     def current_state(self) -> str:
         if not hasattr(self, "clock"):  # pybreaker's __init__ asks before the name is set
             return STATE_CLOSED
         return self.record()["state"]
 
-    @property
+    @property  # type: ignore[misc]  # read-only here: the state lives in Redis
     def state(self) -> _StateView:  # type: ignore[override]
         """The shared state (pybreaker's per-process state objects are not used)."""
         return _StateView(self.current_state)
@@ -237,7 +249,8 @@ class Breaker(pybreaker.CircuitBreaker):
             return func(*args, **kwargs)
         ticket = self._admit()
         for listener in self.listeners:
-            _quietly(listener.before_call, self, func, *args, **kwargs)
+            with guarded(f"circuit breaker listener {listener!r}"):
+                listener.before_call(self, func, *args, **kwargs)
         try:
             with _scope(self.name):
                 result = func(*args, **kwargs)
@@ -287,10 +300,11 @@ class Breaker(pybreaker.CircuitBreaker):
             return  # says nothing about the dependency (a trial's slot frees after one reset timeout)
         failed = error is not None and self.is_system_error(error)
         for listener in self.listeners:
-            if failed:
-                _quietly(listener.failure, self, error)
-            else:
-                _quietly(listener.success, self)
+            with guarded(f"circuit breaker listener {listener!r}"):
+                if failed and error is not None:
+                    listener.failure(self, error)
+                else:
+                    listener.success(self)
         if ticket is None:
             return
         if not failed and not ticket.trial and ticket.failures == 0:
@@ -304,7 +318,7 @@ class Breaker(pybreaker.CircuitBreaker):
             log.warning("breaker %s: outcome not recorded: %s", self.name, err)
             return
         if transition:
-            detail = {"failures": int(failures)}
+            detail: dict[str, Any] = {"failures": int(failures)}
             if failed:
                 detail["error"] = f"{type(error).__name__}: {error}"
             self._report(before, transition, detail)
@@ -315,37 +329,11 @@ class Breaker(pybreaker.CircuitBreaker):
         level = logging.WARNING if new == STATE_OPEN else logging.INFO
         log.log(level, "circuit breaker %s: %s -> %s %s", self.name, old, new, detail)
         for listener in self.listeners:
-            _quietly(listener.state_change, self, _StateView(old), _StateView(new))
-        _alert(self.name, old, new, detail, self.reset_timeout)
-
-
-def _quietly(hook: Callable[..., Any], *args: Any, **kwargs: Any) -> None:
-    """Listeners observe: their errors are logged, never raised into the call."""
-    try:
-        hook(*args, **kwargs)
-    except Exception:  # noqa: BLE001 - an observer must not break the call
-        log.exception("circuit breaker listener %r failed", hook)
-
-
-def _alert(name: str, old: str, new: str, detail: dict[str, Any], reset_timeout: float) -> None:
-    try:
-        from resilience import alerts
-        from resilience.redact import redact
-
-        if new == STATE_OPEN:
-            level, title = "critical", f"Circuit breaker {name} opened"
-            message = f"calls through {name} are refused for {reset_timeout:g}s ({old} -> open)"
-        elif new == STATE_CLOSED:
-            level, title = "info", f"Circuit breaker {name} closed"
-            message = f"{name} recovered ({old} -> closed)"
-        else:
-            level, title = "info", f"Circuit breaker {name} half-open"
-            message = f"{name} admits trial calls ({old} -> half-open)"
+            with guarded(f"circuit breaker listener {listener!r}"):
+                listener.state_change(self, _StateView(old), _StateView(new))  # type: ignore[arg-type]  # a view of it
         # one window per transition, so "closed" is not folded into the "opened" window
-        alerts.alert("breaker_state", f"{name}:{new}", level=level, title=title, message=message,
-                     component="breaker", context=redact({"breaker": name, "from": old, "to": new, **detail}))
-    except Exception:  # noqa: BLE001 - alerting must not break the call
-        log.exception("circuit breaker %s: alert failed", name)
+        alert_rules.breaker_state_changed(self.name, new, previous=old, failures=detail.get("failures"),
+                                          reset_timeout_sec=self.reset_timeout, error=detail.get("error"))
 
 
 # -- the process's breakers ---------------------------------------------------------
@@ -396,27 +384,27 @@ def status(name: str | None = None, *, client: redis.Redis | None = None) -> dic
         value = client.hget(k.breakers_status, name)
         raw = {name: value} if value is not None else {}
     now = time.time()
-    records = {}
+    records: dict[str, dict[str, Any]] = {}
     for breaker_name, text in sorted(raw.items()):
         record = read_record(text)
         if record.get("malformed"):
-            records[breaker_name] = record
+            records[str(breaker_name)] = record
             continue
         if record.get("state") == STATE_OPEN and record.get("opened_at") is not None:
             due = float(record["opened_at"]) + float(record.get("reset_timeout_sec") or 0)
             record["half_open_in_sec"] = round(max(0.0, due - now), 3)
-        records[breaker_name] = record
+        records[str(breaker_name)] = record
     return records
 
 
 def stats(*, client: redis.Redis | None = None) -> dict[str, int]:
     """Counters of ``stats:breakers``: ``<name>:<event>`` -> count (a count that is not a number is left out)."""
     client = client or get_redis()
-    counts = {}
+    counts: dict[str, int] = {}
     for name, value in client.hgetall(_stats_key()).items():
         count, problem = decode(value, INTEGER)
         if problem is None:
-            counts[name] = count
+            counts[str(name)] = count
     return counts
 
 
@@ -447,8 +435,6 @@ def park(task, args, kwargs, exc: CircuitOpenError) -> NoReturn:
     wait = exc.retry_after_sec if exc.retry_after_sec is not None else get_breaker(exc.breaker).reset_timeout
     delay = max(0.2, wait) + random.uniform(0, get_settings().breaker_park_jitter_sec)
     request = task.request
-    from resilience.submission import republishing
-
     with republishing("park"):  # the same publish, later
         task.signature_from_request(request, args, kwargs, countdown=delay,
                                     retries=request.retries or 0).apply_async()

@@ -3,10 +3,13 @@
 Each Redis connection of a process (``broker``, ``result_backend``, ``store``)
 reports what it sees: :func:`mark_down` when an operation fails for a
 connection reason, :func:`mark_up` when one succeeds again. Transitions are
-logged and counted; :func:`state` is what health checks and metrics read; a
-connection down longer than ``ALERT_REDIS_DOWN_SEC`` is handed to alerting
-once per outage. The state is per process and in memory: it describes what
-this process can reach, which is what its health endpoint must say.
+logged and told to the observers (:class:`ConnectionObserver`: metrics
+counts them, alerting alerts on a connection down longer than
+``ALERT_REDIS_DOWN_SEC``, once per outage); :func:`state` is what health
+checks and metrics read. The state is per process and in memory: it describes
+what this process can reach, which is what its health endpoint must say.
+This module imports no feature: observers are added by the features that want
+to know (:mod:`resilience.features`).
 """
 
 from __future__ import annotations
@@ -19,10 +22,13 @@ from typing import Any
 
 from redis.retry import Retry
 
+from resilience.observe import guarded
+from resilience.settings import get_settings
+
 log = logging.getLogger(__name__)
 
 __all__ = ["COMPONENTS", "mark_down", "mark_up", "state", "is_down", "is_outage", "is_redis_full", "check_alerts",
-           "reset", "health_check", "TrackedRetry"]
+           "reset", "health_check", "TrackedRetry", "ConnectionObserver", "add_observer"]
 
 #: What Redis answers a write it refuses at ``maxmemory`` under ``noeviction``
 #: (alone, inside a transaction, or wrapped by kombu and Celery).
@@ -46,6 +52,39 @@ _lock = threading.Lock()
 _links: dict[str, _Link] = {name: _Link() for name in COMPONENTS}
 
 
+class ConnectionObserver:
+    """Told about the transitions of this process's connections. Every hook is a no-op by default;
+    a hook's error is logged, never raised (:mod:`resilience.observe`)."""
+
+    def on_down(self, component: str, error: str | None) -> None:
+        """``component`` was found lost."""
+
+    def on_up(self, component: str, down_for_sec: float) -> None:
+        """``component`` works again after ``down_for_sec``."""
+
+    def on_unreachable(self, component: str, down_for_sec: float, last_error: str | None) -> None:
+        """``component`` has been down longer than ``ALERT_REDIS_DOWN_SEC`` (once per outage)."""
+
+
+_observers: list[Any] = []
+
+
+def add_observer(observer: Any) -> None:
+    """Tell ``observer`` (a :class:`ConnectionObserver`, or any object with its hooks) about transitions.
+    Adding an observer of a class already added replaces nothing and adds nothing: once per class."""
+    with _lock:
+        if not any(type(known) is type(observer) for known in _observers):
+            _observers.append(observer)
+
+
+def _tell(hook: str, *args: Any) -> None:
+    with _lock:
+        observers = list(_observers)
+    for observer in observers:
+        with guarded(f"connection observer {type(observer).__name__}.{hook}"):
+            getattr(observer, hook)(*args)
+
+
 def _link(component: str) -> _Link:
     if component not in _links:
         raise KeyError(f"unknown connection {component!r}; known: {', '.join(COMPONENTS)}")
@@ -64,7 +103,7 @@ def mark_down(component: str, error: BaseException | str | None = None, *, now: 
         link.up, link.since, link.alerted = False, now, False
         link.disconnects += 1
     log.warning("redis %s connection lost: %s", component, link.last_error)
-    _count("redis_disconnects", component)
+    _tell("on_down", component, link.last_error)
     return True
 
 
@@ -80,18 +119,8 @@ def mark_up(component: str, *, now: float | None = None) -> bool:
         link.reconnects += 1
         link.last_error = None
     log.warning("redis %s connection restored after %.1fs", component, down_for)
-    _count("redis_reconnects", component)
+    _tell("on_up", component, down_for)
     return True
-
-
-def _count(counter: str, component: str) -> None:
-    """Count a transition for /metrics (an observer never breaks what it observes)."""
-    try:
-        from resilience import metrics
-
-        getattr(metrics, counter).labels(client=component).inc()
-    except Exception:  # noqa: BLE001
-        log.debug("could not count %s for %s", counter, component, exc_info=True)
 
 
 def is_down(component: str) -> bool:
@@ -196,10 +225,9 @@ def check_alerts(*, now: float | None = None) -> list[str]:
     """Alert once per outage for each connection down longer than ``ALERT_REDIS_DOWN_SEC``.
 
     Called from the loops that notice outages (the consumer's reconnect errback,
-    the spool flusher); returns the components alerted now. Never raises.
+    the spool flusher); tells the observers (``on_unreachable``); returns the
+    components alerted now. Never raises.
     """
-    from resilience.settings import get_settings
-
     now = time.time() if now is None else now
     threshold = get_settings().alert_redis_down_sec
     due = []
@@ -210,15 +238,7 @@ def check_alerts(*, now: float | None = None) -> list[str]:
                 due.append((name, now - link.since, link.last_error))
     for name, down_for, error in due:
         log.error("redis %s connection unreachable for %.0fs (last error: %s); alerting", name, down_for, error)
-        try:
-            from resilience.alerts import alert
-
-            alert(rule="redis_unreachable", subject=name, level="critical",
-                  title=f"Redis {name} unreachable", component="redis",
-                  message=f"the {name} connection has been down for {down_for:.0f}s",
-                  context={"connection": name, "down_for_sec": round(down_for, 1), "last_error": error})
-        except Exception:  # an observer never breaks what it observes
-            log.exception("redis_unreachable alert for %s not sent", name)
+        _tell("on_unreachable", name, down_for, error)
     return [name for name, _, _ in due]
 
 

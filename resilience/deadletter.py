@@ -21,7 +21,7 @@ never fails on a malformed entry (not JSON, fields missing or of the wrong
 type, see :data:`ENTRY`): such entries are reported as malformed and left in
 place until the trim reaches them, which moves them to the quarantine
 (:mod:`resilience.quarantine`). Replay refuses an entry whose queue is not one
-of the app's (:func:`resilience.runtime.queue_names`, or the task's own
+of the app's (:func:`resilience.queues.queue_names`, or the task's own
 route): a stored entry never decides which Redis key a message is pushed to.
 """
 
@@ -41,13 +41,15 @@ from typing import Any
 import redis
 
 from resilience.errors import ReplayRefused
+from resilience.executions import owner_of
 from resilience.keys import keys
 from resilience.quarantine import ANY, ARRAY, INTEGER, OBJECT, TEXT, Bad, Batch, Shape, decode
+from resilience.queues import queue_names
 from resilience.redact import redact_bounded
-from resilience.runtime import app_or_bound, queue_names, transport_options
+from resilience.runtime import app_or_bound, transport_options
+from resilience.scheduler import capture_message
 from resilience.settings import get_settings
 from resilience.store import get_redis, load_script
-from resilience.platform_tasks import TRIM_DEAD_LETTERS, add_beat_entry
 
 __all__ = [
     "REQUIRED_FIELDS", "Entry", "Filter", "build_entry", "bury", "bury_entry", "list_entries", "get",
@@ -172,8 +174,6 @@ def bury(task, args, kwargs, exc: BaseException | None, reason: str) -> dict[str
     (``FEATURE_DEAD_LETTER=false`` or the task's ``dead_letter=False``); the
     job is closed as "dead" either way.
     """
-    from resilience.executions import owner_of
-
     settings = get_settings()
     request = task.request
     entry = build_entry(task, args, kwargs, exc, reason)
@@ -208,7 +208,7 @@ def bury_entry(entry: dict[str, Any], *, job_id: str | None = None, worker_id: s
     job_id = job_id or entry.get("job_id")
     if not job_id:
         raise ValueError("bury_entry needs a job id (argument or entry field)")
-    options = entry.get("options") if isinstance(entry.get("options"), dict) else {}
+    options: dict[str, Any] = entry["options"] if isinstance(entry.get("options"), dict) else {}
     write = get_settings().feature_dead_letter
     _bury_script(json.dumps(entry, default=str) if write else "", job_id=job_id, owner=worker_id or "",
                  attempt=int(entry.get("retry_count") or 0), idempotency_key=options.get("idempotency_key"),
@@ -271,9 +271,9 @@ class Filter:
             return False
         if self.since is not None:
             try:
-                if parse_time(data.get("failed_at")) < self.since:
+                if parse_time(data["failed_at"]) < self.since:
                     return False
-            except (TypeError, ValueError):
+            except (KeyError, TypeError, ValueError):
                 return False
         return True
 
@@ -306,7 +306,7 @@ def list_entries(*, task: str | None = None, error_type: str | None = None, sinc
     flt = _filter(task, error_type, since)
     if flt.empty:
         raws = get_redis().lrange(keys().dead_letter, offset, offset + limit - 1) if limit > 0 else []
-        entries = [_parse(offset + i, raw) for i, raw in enumerate(raws)]
+        entries = [_parse(offset + i, str(raw)) for i, raw in enumerate(raws)]
         return [e for e in entries if include_malformed or not e.malformed]
     found: list[Entry] = []
     skipped = 0
@@ -379,8 +379,6 @@ def fresh_envelope(data: dict[str, Any], app=None) -> tuple[str, str]:
     Raises :class:`~resilience.errors.ReplayRefused` when the entry may not be
     replayed (see :func:`replay_queue`).
     """
-    from resilience.scheduler import capture_message
-
     app = app_or_bound(app)
     queue = replay_queue(data, app)
     options = data.get("options") or {}
@@ -458,16 +456,17 @@ def replay(ids: list[str] | None = None, *, all: bool = False, task: str | None 
         raise ValueError("name job ids to replay, or pass all=True")
     outcome = Outcome(dry_run=dry_run)
     for entry in _select(ids, _filter(task, error_type, since)):
-        outcome.matched.append(entry.job_id)
+        job_id = str(entry.job_id)  # selected entries are well formed
+        outcome.matched.append(job_id)
         try:
             if dry_run:
-                replay_queue(entry.data, app_or_bound(app))
+                replay_queue(entry.data or {}, app_or_bound(app))
                 continue
-            (outcome.done if replay_entry(entry, app) else outcome.gone).append(entry.job_id)
+            (outcome.done if replay_entry(entry, app) else outcome.gone).append(job_id)
         except ReplayRefused as refused:
-            outcome.refused.append(entry.job_id)
-            outcome.reasons[entry.job_id] = refused.reason
-            log.warning("dead-letter entry of job %s not replayed: %s", entry.job_id, refused.reason)
+            outcome.refused.append(job_id)
+            outcome.reasons[job_id] = refused.reason
+            log.warning("dead-letter entry of job %s not replayed: %s", job_id, refused.reason)
     return outcome
 
 
@@ -487,7 +486,7 @@ def purge(ids: list[str] | None = None, *, all: bool = False, task: str | None =
     client = get_redis()
     key = keys().dead_letter
     for entry in chosen:
-        label = entry.job_id if entry.data is not None else f"malformed:{entry.index}"
+        label = str(entry.job_id) if entry.data is not None else f"malformed:{entry.index}"
         outcome.matched.append(label)
         if dry_run:
             continue
@@ -575,8 +574,3 @@ def trim(*, now: float | None = None, ttl_days: float | None = None, max_entries
     if expired or capped:
         log.info("dead-letter queue trimmed: %d expired, %d beyond the cap", expired, capped)
     return {"expired": expired, "capped": capped}
-
-
-def install(app, settings) -> None:
-    """Beat trims the dead-letter queue (retention and cap) on a timer."""
-    add_beat_entry(app, settings, TRIM_DEAD_LETTERS, settings.dead_letter_trim_interval_sec)

@@ -21,8 +21,8 @@ from rich.live import Live
 from rich.panel import Panel
 from rich.table import Table
 
-from resilience.settings import masked_url
 from resilience.runtime import BUNDLED_APP, load_app
+from resilience.settings import masked_url
 from resilience.supervisor import Platform
 
 #: Hash of the demo jobs' run counts (``demo:executions``, under the key prefix).
@@ -72,7 +72,7 @@ class Demo:
     ha: bool = False
     failover_after: float | None = None
     _stop: threading.Event = field(default_factory=threading.Event)
-    alert_receiver: object | None = None
+    alert_receiver: Any = None
     app_spec: str = BUNDLED_APP
     app: Any = None
 
@@ -80,7 +80,7 @@ class Demo:
         """Submit the mix until stopped: each kind shows a feature."""
         demo = _DemoJobs(self.app)
         interval = 1.0 / max(self.rate, 0.1)
-        from resilience.flakyapi import FlakyAPI
+        from resilience.testing.flakyapi import FlakyAPI
 
         api = FlakyAPI().start()  # the "external API": fails for a while, then recovers
         api.fail_between(time.time() + 15, time.time() + 40)
@@ -118,7 +118,7 @@ class Demo:
         from resilience.keys import keys
         from resilience.store import get_redis
 
-        return {k: int(v) for k, v in get_redis().hgetall(keys().custom(DEMO_COUNTS)).items()}
+        return {str(k): int(v) for k, v in get_redis().hgetall(keys().custom(DEMO_COUNTS)).items()}
 
     def producer_line(self) -> str:
         """This process's side of a Redis outage: broker connection and the publish spool."""
@@ -176,16 +176,16 @@ class Demo:
                   + (f"  |  Flower http://127.0.0.1:{platform.settings.flower_port} "
                      f"({platform.flower_login_hint()})" if platform.flower_credentials else "")
                   + "  |  Ctrl-C stops")
-        parts = [Panel(header), Panel(self.producer_line() + "\n" + hot_path_line(self.app)), table, done,
-                 render(collect(self.app))]
+        parts: list[Any] = [Panel(header), Panel(self.producer_line() + "\n" + hot_path_line(self.app)), table,
+                            done, render(collect(self.app))]
         if self.alert_receiver is not None:
-            from resilience.webhook_receiver import render_alerts
+            from resilience.testing.webhook_receiver import render_alerts
 
             parts.append(render_alerts(self.alert_receiver))
         return Group(*parts)
 
     def run(self) -> None:
-        from resilience.webhook_receiver import start_demo_receiver
+        from resilience.testing.webhook_receiver import start_demo_receiver
 
         self.alert_receiver = start_demo_receiver()  # alerts shown live when no webhook is configured
         platform = Platform(app_spec=self.app_spec, flower=self.flower, log_to_files=True, ha=self.ha).start()

@@ -279,9 +279,9 @@ def _pid_alive(pid: int) -> bool:
 def embedded_url(settings: Settings | None = None) -> str | None:
     """The address of the data dir's running embedded Redis, or None."""
     settings = settings or get_settings()
-    record = _read_address(_data_dir(settings))
+    record = _read_address(_data_dir(settings)) or {}
     try:
-        pid, port, url = int(record["pid"]), int(record["port"]), str(record["url"])
+        pid, _port, url = int(record["pid"]), int(record["port"]), str(record["url"])
     except (TypeError, KeyError, ValueError):  # no record, or one that is not ours to trust
         return None
     if pid <= 0 or not _pid_alive(pid):

@@ -29,8 +29,16 @@ Redis driver are translated at the boundary (``raise X(...) from err``).
 
 from __future__ import annotations
 
-from celery.exceptions import Reject
+from collections.abc import Callable
 
+from celery.exceptions import Ignore, Reject, Retry
+
+#: How a secret value appears in a message (:mod:`resilience.settings` shows secrets so too).
+HIDDEN = "<hidden>"
+
+
+#: Celery's control-flow exceptions: never errors, never retried, tracked or alerted.
+CONTROL_FLOW: tuple[type[BaseException], ...] = (Retry, Ignore, Reject)
 
 class ResilienceError(Exception):
     """Root of every error the platform raises itself."""
@@ -48,11 +56,14 @@ class SettingsError(ConfigurationError):
     hidden and passwords in URLs masked. ``value`` keeps that shown form only.
     """
 
-    def __init__(self, name: str, value: str, reason: str) -> None:
-        from resilience.settings import HIDDEN, shown_value  # settings imports this module
+    #: How a value may be shown: :func:`resilience.settings.shown_value`, which
+    #: :mod:`resilience.settings` puts here when it is imported (it imports this
+    #: module, so this one cannot import it). Until then every value is hidden.
+    show: Callable[[str, str], str] = staticmethod(lambda name, value: HIDDEN)
 
+    def __init__(self, name: str, value: str, reason: str) -> None:
         self.name = name
-        self.value = shown_value(name, value)
+        self.value = type(self).show(name, value)
         self.reason = reason
         shown = f" (value {HIDDEN})" if self.value == HIDDEN else f"={self.value!r}"
         super().__init__(f"{name}{shown}: {reason}")

@@ -25,9 +25,9 @@ import logging
 
 from celery import bootsteps
 
-from resilience.settings import Settings, get_settings
+from resilience.settings import get_settings
 
-__all__ = ["EventBatchStep", "install"]
+__all__ = ["EventBatchStep"]
 
 log = logging.getLogger(__name__)
 
@@ -67,8 +67,3 @@ class EventBatchStep(bootsteps.StartStopStep):
         self.flush()
 
     shutdown = stop
-
-
-def install(app, settings: Settings) -> None:
-    if settings.worker_event_flush_interval_sec > 0:
-        app.steps["consumer"].add(EventBatchStep)

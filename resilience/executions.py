@@ -134,7 +134,7 @@ def begin(task, args, kwargs, *, now: float | None = None) -> Decision:
     k = keys()
     entry = registry_entry(task, args, kwargs, now)
     entry["run"] = token = uuid.uuid4().hex[:16]
-    script_keys = [k.job_state(request.id), k.active, k.active_deadlines, k.worker_heartbeats]
+    script_keys: list[str | bytes] = [k.job_state(request.id), k.active, k.active_deadlines, k.worker_heartbeats]
     if guard and entry["idempotency_key"]:
         script_keys.append(k.idempotency(entry["idempotency_key"]))
     started = resultbackend.folded_state_write(task, STARTED, None)
@@ -224,7 +224,7 @@ def finish_job(job_id: str, owner: str, outcome: str, *, attempt: int = 0,
     """
     settings = get_settings()
     k = keys()
-    script_keys = [k.job_state(job_id), k.active, k.active_deadlines]
+    script_keys: list[str | bytes] = [k.job_state(job_id), k.active, k.active_deadlines]
     if stored:
         script_keys.append(stored[0])
     elif release_key and settings.feature_idempotency:
@@ -268,10 +268,10 @@ def job_state(job_id: str) -> dict | None:
 
 def active_jobs() -> dict[str, dict]:
     """Every ``jobs:active`` entry; a malformed one is returned as ``{"malformed": raw}``."""
-    entries = {}
+    entries: dict[str, dict] = {}
     for job_id, raw in get_redis().hgetall(keys().active).items():
         try:
-            entries[job_id] = json.loads(raw)
+            entries[str(job_id)] = json.loads(raw)
         except ValueError:
-            entries[job_id] = {"malformed": raw}
+            entries[str(job_id)] = {"malformed": raw}
     return entries

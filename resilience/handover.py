@@ -42,6 +42,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import threading
+from typing import TYPE_CHECKING, Any
 
 import redis
 from kombu.transport import redis as kombu_redis
@@ -49,8 +50,10 @@ from kombu.transport import virtual
 from redis.exceptions import OutOfMemoryError, ReadOnlyError
 
 from resilience import connection, unacked
-from resilience.store import get_redis
+from resilience.errors import ReplicasBehind
+from resilience.replication import confirm
 from resilience.runtime import app_or_bound, transport_options
+from resilience.store import get_redis, load_script
 
 log = logging.getLogger(__name__)
 
@@ -170,10 +173,6 @@ class HandoverQoS(kombu_redis.QoS):
         outcome was confirmed before it, so a redelivery after a failover is a
         no-op for the execution guard.
         """
-        from resilience.errors import ReplicasBehind
-        from resilience.replication import confirm
-        from resilience.store import load_script
-
         wanted, timeout_ms = int(self.channel.min_replicas_ack), int(self.channel.replica_ack_timeout_ms)
         with self.channel.conn_or_acquire() as client:
             pipe = client.pipeline(transaction=False)
@@ -226,7 +225,13 @@ class _ClosedConnection:
         self.default_port = default_port
 
 
-class HandoverChannelMixin:
+if TYPE_CHECKING:
+    _ChannelBase = kombu_redis.SentinelChannel
+else:
+    _ChannelBase = object
+
+
+class HandoverChannelMixin(_ChannelBase):
     """A Redis channel with :class:`HandoverQoS`, remembered connection parameters,
     and one redis-py client per connection pool.
 
@@ -238,6 +243,7 @@ class HandoverChannelMixin:
     """
 
     QoS = HandoverQoS
+    connection: Any  # the transport, set by kombu's Channel
 
     def conn_or_acquire(self, client=None):
         if client:
@@ -295,5 +301,5 @@ def use_on(conn) -> bool:
         cls = _channel_classes.get(base)
         if cls is None:
             cls = _channel_classes[base] = type(f"Handover{base.__name__}", (HandoverChannelMixin, base), {})
-    transport.Channel = cls
+    transport.Channel = cls  # type: ignore[assignment]  # a subclass of the transport's Channel
     return True

@@ -56,7 +56,8 @@ from resilience.healthmonitor import HealthMonitor
 from resilience.identity import worker_id
 from resilience.settings import Settings, get_settings
 
-__all__ = ["WorkerProbe", "register_check", "unregister_check", "install", "current_probe"]
+__all__ = ["WorkerProbe", "register_check", "unregister_check", "current_probe", "on_worker_shutting_down",
+           "on_worker_shutdown"]
 
 log = logging.getLogger(__name__)
 
@@ -310,9 +311,9 @@ class HealthServerStep(bootsteps.StartStopStep):
 
         probe = self.probe
         wid = worker_id(parent.hostname)
-        probe.monitor = HealthMonitor(self.settings, worker=wid)
-        probe.monitor.refresh()
-        state = metrics.StateCollector(lambda: status.collect(parent.app, client=probe.monitor.client()),
+        monitor = probe.monitor = HealthMonitor(self.settings, worker=wid)
+        monitor.refresh()
+        state = metrics.StateCollector(lambda: status.collect(parent.app, client=monitor.client()),
                                        health=lambda: probe.report()[1], cache_sec=self.settings.metrics_cache_sec)
         probe.server = serve(probe, state, self.settings, label=parent.hostname)
         if probe.server is not None:
@@ -407,30 +408,13 @@ def _url_host(host: str) -> str:
     return "127.0.0.1" if host in ("0.0.0.0", "") else (f"[{host}]" if ":" in host else host)
 
 
-def _on_worker_shutting_down(**_: Any) -> None:
+def on_worker_shutting_down(**_: Any) -> None:
     if _probe is not None:
         _probe.draining()
 
 
-def _on_worker_shutdown(**_: Any) -> None:
+def on_worker_shutdown(**_: Any) -> None:
     """After the pool has stopped: this run's metric files are of no further use."""
     from resilience import metrics
 
     metrics.remove_multiprocess_dir()
-
-
-def install(app, settings: Settings) -> None:
-    """Health server, probes and metrics; with FEATURE_HEALTH=false nothing is started."""
-    if not settings.feature_health:
-        return
-    from celery import signals
-
-    from resilience import beatprobe, metrics
-
-    app.steps["worker"].add(HealthServerStep)
-    app.steps["consumer"].add(ConsumerProbeStep)
-    metrics.connect_signals()
-    signals.worker_shutting_down.connect(_on_worker_shutting_down, weak=False,
-                                         dispatch_uid="resilience.health.shutting_down")
-    signals.worker_shutdown.connect(_on_worker_shutdown, weak=False, dispatch_uid="resilience.health.shutdown")
-    beatprobe.install(app, settings)

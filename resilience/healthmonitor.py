@@ -18,11 +18,14 @@ import logging
 import threading
 import time
 from collections.abc import Callable
+from dataclasses import dataclass, field
 from typing import Any
 
 import redis
 
+from resilience import alert_rules, metrics, sentinel
 from resilience.keys import keys
+from resilience.observe import guarded
 from resilience.settings import Settings
 
 __all__ = ["HealthMonitor"]
@@ -111,10 +114,8 @@ class HealthMonitor:
 
     def _refresh_replication(self) -> None:
         """Under Sentinel: who is primary now, the replicas' lag; a new primary is a failover."""
-        from resilience import sentinel
-
         url = self._url
-        if not sentinel.is_sentinel_url(url):
+        if url is None or not sentinel.is_sentinel_url(url):
             return
         try:
             view = sentinel.replication(url, self.settings, timeout=self.settings.health_redis_timeout_sec)
@@ -123,7 +124,7 @@ class HealthMonitor:
             return
         self.replication = view
         if not view.get("primary_down"):
-            sentinel.watch.observe(view["primary"], view["master_name"])
+            watch.observe(view["primary"], view["master_name"])
 
     def _probe_writes(self, client: redis.Redis) -> None:
         """Does Redis accept writes? A full one (maxmemory, noeviction) refuses them but answers PING."""
@@ -146,7 +147,7 @@ class HealthMonitor:
 
     def _refresh_worker(self, client: redis.Redis) -> None:
         k = keys()
-        if self.settings.feature_stuck_jobs:
+        if self.settings.feature_stuck_jobs and self.worker is not None:
             score = client.zscore(k.worker_heartbeats, self.worker)
             self.heartbeat_at = float(score) if score is not None else None
         if self.registration is not None and not self._registered:
@@ -231,9 +232,7 @@ class HealthMonitor:
 
 
 def _failovers_seen() -> int:
-    from resilience import sentinel
-
-    return sentinel.watch.failovers
+    return watch.failovers
 
 
 def _report_full(worker: str | None, error: str | None) -> None:
@@ -241,10 +240,42 @@ def _report_full(worker: str | None, error: str | None) -> None:
     log.error("Redis is full and refuses writes (%s): jobs wait, producers spool, workers hold off "
               "until memory is freed", error)
     try:
-        from resilience.alerts import alert
+        from resilience import alert_rules
 
-        alert(rule="redis_full", subject="redis", level="critical", title="Redis is full", component="redis",
-              message="Redis reached maxmemory and refuses writes; free memory or raise maxmemory",
-              context={"worker": worker, "error": error})
+        alert_rules.redis_full(worker, error)
     except Exception:  # an observer never breaks what it observes
         log.exception("redis_full alert not sent")
+
+
+@dataclass
+class FailoverWatch:
+    """Notices a new primary: logs it, counts it (``redis_failovers_total``) and alerts once.
+
+    ``observe(address)`` is fed the primary the sentinels name (the health
+    monitor does so on each refresh). The first address seen is the starting
+    point, not a failover. The alert (rule ``redis_failover``, subject the new
+    primary) goes through the alert gate, so the many processes that notice
+    the same failover send one alert per ``ALERT_WINDOW_SEC``.
+    """
+
+    primary: str | None = None
+    failovers: int = 0
+    _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+
+    def observe(self, address: str, master: str = "") -> bool:
+        """Record the primary seen now; True when it differs from the one seen before."""
+        with self._lock:
+            previous, self.primary = self.primary, address
+            if previous is None or previous == address:
+                return False
+            self.failovers += 1
+        log.warning("Redis failover: the sentinels now name %s as primary (was %s)", address, previous)
+        with guarded("the failover count"):
+            metrics.redis_failovers.labels(master=master).inc()
+        with guarded("the redis_failover alert"):
+            alert_rules.redis_failover(previous, address, master=master)
+        return True
+
+
+#: This process's watch (fed by the health monitor and ``resilience status``).
+watch = FailoverWatch()

@@ -131,7 +131,7 @@ class _Handler(BaseHTTPRequestHandler):
     deadline = 0.0
 
     def setup(self) -> None:
-        self.timeout = self.server.request_timeout_sec  # also bounds each write of a reply
+        self.timeout = self.server.request_timeout_sec  # type: ignore[misc]  # also bounds each write of a reply
         super().setup()
         self.rfile.close()
         self.rfile = io.BufferedReader(_DeadlineReader(self))

@@ -22,16 +22,16 @@ import logging
 import os
 import time
 
-from celery import bootsteps, signals
+from celery import bootsteps
 
 from resilience.identity import worker_id
 from resilience.keys import keys
-from resilience.settings import Settings, get_settings
+from resilience.settings import get_settings
 from resilience.store import get_redis
 
 log = logging.getLogger(__name__)
 
-__all__ = ["beat", "held_delivery_tags", "remove", "HeartbeatStep", "install"]
+__all__ = ["beat", "held_delivery_tags", "remove", "HeartbeatStep", "on_worker_shutdown"]
 
 
 def held_delivery_tags() -> list[str]:
@@ -108,7 +108,7 @@ class HeartbeatStep(bootsteps.StartStopStep):
         self._cancel()
 
 
-def _on_worker_shutdown(sender=None, **kwargs) -> None:
+def on_worker_shutdown(sender=None, **kwargs) -> None:
     hostname = getattr(sender, "hostname", None)
     if not hostname:
         return
@@ -116,10 +116,3 @@ def _on_worker_shutdown(sender=None, **kwargs) -> None:
         remove(hostname)
     except Exception as exc:  # an observer never breaks what it observes
         log.warning("heartbeat of %s not removed: %s", hostname, exc)
-
-
-def install(app, settings: Settings) -> None:
-    if settings.feature_stuck_jobs:
-        app.steps["consumer"].add(HeartbeatStep)
-        signals.worker_shutdown.connect(_on_worker_shutdown, dispatch_uid="resilience.heartbeat.shutdown",
-                                        weak=False)

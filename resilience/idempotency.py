@@ -17,7 +17,7 @@ your natural key is long.
 
 Derived keys are ``<task name>:<sha256 of the canonical JSON>`` of
 ``[task name, args, kwargs]`` with the arguments named by the task's signature
-(:func:`named_arguments`); see :func:`resilience.submission.canonical_json`
+(:func:`named_arguments`); see :func:`canonical_json`
 for what counts as "the same arguments".
 """
 
@@ -25,17 +25,22 @@ from __future__ import annotations
 
 import hashlib
 import inspect
+import json
 import logging
 from collections.abc import Callable
 from typing import Any
 
+from kombu.utils import json as kombu_json
+
+from resilience import connection
+from resilience.bounded import call_bounded
 from resilience.errors import InvalidIdempotencyKey
 from resilience.keys import keys
 from resilience.settings import get_settings
 from resilience.store import get_redis, load_script
-from resilience.submission import canonical_json
 
-__all__ = ["MAX_KEY_BYTES", "check_key", "derived_key", "named_arguments", "key_for", "submit_once", "claim", "owner", "release", "count", "counters"]
+__all__ = ["MAX_KEY_BYTES", "canonical_json", "check_key", "derived_key", "named_arguments", "key_for", "submit_once",
+           "claim", "owner", "release", "count", "counters"]
 
 log = logging.getLogger(__name__)
 
@@ -46,6 +51,35 @@ MAX_KEY_BYTES = 256
 #: deliveries the execution guard acknowledged without a run (by reason) or deferred.
 COUNTERS = ("absorbed_submissions", "skipped_done", "skipped_dead", "skipped_stale", "skipped_duplicate",
             "deferred_busy")
+
+
+def canonical_json(value: Any) -> str:
+    """JSON that is the same for the same arguments, in any process or Python version.
+
+    What counts as the same is what the worker receives, as kombu's JSON
+    delivers it: mapping keys are sorted, so kwarg order does not matter, and
+    non-string keys become strings as JSON makes them (``{1: "a"}`` equals
+    ``{"1": "a"}``); tuples and lists are the same; numbers are JSON numbers,
+    so ``1`` and ``1.0`` differ, and so do ``1`` and ``True``; floats are
+    written with Python's shortest round-trip repr; text is escaped to ASCII
+    (``\\u00e9``), so the bytes do not depend on the locale, but Unicode is
+    not normalised (NFC and NFD spellings differ); NaN and infinities are
+    rejected. The types kombu's JSON carries are written as kombu writes them,
+    ``{"__type__": T, "__value__": V}``: ``bytes`` as its UTF-8 text (T
+    ``bytes``) or, when it is not UTF-8, base64 (T ``base64``); ``datetime``,
+    ``date`` and ``time`` as ``isoformat()`` (so a naive and an aware time
+    differ, and so do two offsets for one instant); ``Decimal`` as ``str()``
+    (``Decimal("1.0")`` and ``Decimal("1.00")`` differ, as they do delivered);
+    ``UUID`` as ``{"hex": ...}``.
+    """
+    dump: dict[str, Any] = dict(cls=kombu_json.JSONEncoder, sort_keys=True, separators=(",", ":"), ensure_ascii=True,
+                allow_nan=False)
+    try:
+        return json.dumps(value, **dump)
+    except TypeError:
+        # mixed key types (``{1: .., "a": ..}``) cannot be sorted: normalise them as JSON does first
+        plain = json.loads(json.dumps(value, cls=kombu_json.JSONEncoder, allow_nan=False))
+        return json.dumps(plain, **dump)
 
 
 def count(counter: str) -> None:
@@ -135,10 +169,11 @@ def claim(key: str, job_id: str, *, ttl: int | None = None) -> str | None:
 
 def owner(key: str) -> str | None:
     """The id of the job that owns ``key`` (None when it is free or expired)."""
-    return get_redis().get(keys().idempotency(key))
+    owner_id = get_redis().get(keys().idempotency(key))
+    return None if owner_id is None else str(owner_id)
 
 
-def submit_once(task, key: str, job_id: str, send: Callable[[str, str], Any]):
+def submit_once(task, key: str, job_id: str, send: Callable[..., Any]):
     """Publish with ``send(job_id, key)`` unless ``key`` is owned; then the owner's ``AsyncResult``.
 
     While Redis is unreachable the key cannot be claimed: the claim waits at
@@ -147,10 +182,8 @@ def submit_once(task, key: str, job_id: str, send: Callable[[str, str], Any]):
     claims the key before it publishes the job, and drops the job if another
     job owns the key by then.
     """
-    from resilience import connection, outage
-
     try:
-        existing = outage.call_bounded(lambda: claim(key, job_id))
+        existing = call_bounded(lambda: claim(key, job_id))
     except Exception as err:
         if not connection.is_outage(err):
             raise

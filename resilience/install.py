@@ -1,40 +1,29 @@
 """The one wiring point: ``install(app)`` attaches the platform to a Celery app.
 
 It makes the app the one this process serves (:mod:`resilience.runtime`),
-registers the platform's own tasks on it (:mod:`resilience.platform_tasks`),
-makes sure its tasks are ResilientTasks, and, once the app is configured, runs
-each feature's installer with the app's settings (a bad value stops start-up
-naming the setting), which connects its signal handlers (``dispatch_uid``,
-``weak=False``), bootsteps and beat entries. A feature whose flag is off
-installs nothing.
+makes sure its tasks are ResilientTasks, declares every feature's platform
+tasks on it, and, once the app is configured, walks
+:data:`resilience.features.FEATURES` with the app's settings (a bad value
+stops start-up naming the setting): each enabled feature's signal handlers
+(``dispatch_uid``, ``weak=False``), bootsteps and beat entries are added. A
+feature whose flag is off adds nothing. Nothing else is wired anywhere.
 """
 
 from __future__ import annotations
 
-import importlib
 import logging
+from typing import Any
 
 from celery import Celery
 
-from resilience import logredact, platform_tasks, runtime
+from resilience import runtime
+from resilience.features import FEATURES, configure_features, declare_features
 from resilience.settings import forget_app_settings, load_settings, settings_for
-from resilience.task import ResilientTask
+from resilience.task import ResilientTask, check_task_options
+
+__all__ = ["FEATURES", "install"]
 
 log = logging.getLogger(__name__)
-
-#: ``module:function`` of each feature's installer, called with the app.
-FEATURE_INSTALLERS: list[str] = [
-    "resilience.sentinel:install",
-    "resilience.replication:install",
-    "resilience.heartbeat:install",
-    "resilience.health:install",
-    "resilience.tracking:install",
-    "resilience.retrying:install",
-    "resilience.sweeper:install",
-    "resilience.outage:install",
-    "resilience.resultbackend:install",
-    "resilience.events:install",
-]
 
 def install(app: Celery) -> Celery:
     """Wire every enabled feature into ``app`` (idempotent per app).
@@ -50,12 +39,11 @@ def install(app: Celery) -> Celery:
     if app.__dict__.get("_resilience_installed"):
         return app
     load_settings()  # the environment is validated now, at import: a bad value names its variable
-    logredact.install(app, None)  # always on, and from the first log line: secrets never reach a log
     app._resilience_installed = True
     app.on_configure.connect(_on_configure, weak=False)
     app.on_after_configure.connect(_on_after_configure, weak=False)
     _check_options_at_declaration(app)
-    platform_tasks.register(app)
+    declare_features(app)  # log redaction from here on, and the platform tasks
     if app.configured:
         _install_features(app)
     return app
@@ -75,9 +63,7 @@ def _on_after_configure(sender: Celery, **_: object) -> None:
 def _install_features(app: Celery) -> None:
     settings = settings_for(app)  # validates the environment and the app's configuration together
     app.conf.beat_schedule = dict(app.conf.beat_schedule or {})
-    for target in FEATURE_INSTALLERS:
-        module_name, _, func = target.partition(":")
-        getattr(importlib.import_module(module_name), func)(app, settings)
+    configure_features(app, settings)
 
 
 def _check_options_at_declaration(app: Celery) -> None:
@@ -86,11 +72,9 @@ def _check_options_at_declaration(app: Celery) -> None:
     Celery creates task classes lazily, so a typo in an option would otherwise
     surface only when the task is first used.
     """
-    from resilience.task import check_task_options
-
     declare = app.task
 
-    def task(*args, **options):
+    def task(*args: Any, **options: Any) -> Any:
         if len(args) == 1 and callable(args[0]) and not options:
             return declare(*args)
         fun_name = options.get("name")

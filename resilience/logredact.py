@@ -36,8 +36,8 @@ from typing import Any
 
 from resilience.redact import redact_text
 
-__all__ = ["MAX_EXC_TEXT_CHARS", "QUIET_LOGGERS", "RedactingFilter", "install", "install_filter",
-           "quiet_http_clients", "redact_record"]
+__all__ = ["MAX_EXC_TEXT_CHARS", "QUIET_LOGGERS", "RedactingFilter", "install_filter", "on_logging_set_up",
+           "quiet_http_clients", "redact_record", "redact_this_process"]
 
 #: A record's traceback keeps its head and its tail within this many characters.
 MAX_EXC_TEXT_CHARS = 16 * 1024
@@ -94,7 +94,7 @@ def quiet_http_clients() -> None:
             logger.setLevel(logging.WARNING)
 
 
-def _on_logging_set_up(logger: logging.Logger | None = None, **_: Any) -> None:
+def on_logging_set_up(logger: logging.Logger | None = None, **_: Any) -> None:
     from celery.utils.log import get_multiprocessing_logger
 
     for target in (logger or logging.getLogger(), logging.getLogger("celery"), get_multiprocessing_logger()):
@@ -102,13 +102,8 @@ def _on_logging_set_up(logger: logging.Logger | None = None, **_: Any) -> None:
     quiet_http_clients()
 
 
-def install(app: Any, settings: Any) -> None:
-    """Redact the logs of this process, and of workers and beat once Celery sets up their logging."""
-    from celery import signals
-
-    signals.after_setup_logger.connect(_on_logging_set_up, dispatch_uid="resilience.logredact.root", weak=False)
-    signals.after_setup_task_logger.connect(_on_logging_set_up, dispatch_uid="resilience.logredact.task",
-                                            weak=False)
+def redact_this_process() -> None:
+    """Redact this process's own logs now (the root logger's handlers and Python's last resort)."""
     install_filter(logging.getLogger())
     install_filter(logging.lastResort)
     quiet_http_clients()

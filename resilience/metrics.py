@@ -66,13 +66,19 @@ from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
+from celery import signals
 from prometheus_client import CollectorRegistry
 from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
 from prometheus_client.utils import floatToGoString
 
+from resilience.connection import ConnectionObserver
+from resilience.observe import never_raises
+from resilience.settings import get_settings
+
 __all__ = [
-    "CONTENT_TYPE_LATEST", "FLUSH_INTERVAL_SEC", "REGISTRY", "alerts_sent", "alerts_suppressed", "exposition",
+    "ConnectionCounts", "CONTENT_TYPE_LATEST", "FLUSH_INTERVAL_SEC", "REGISTRY", "alerts_sent", "alerts_suppressed",
+    "exposition",
     "flush", "job_runtime", "jobs_dead_lettered", "jobs_failed", "jobs_retried", "jobs_started", "jobs_succeeded",
     "redis_failovers", "redis_reconnects", "redis_disconnects", "stuck_jobs_recovered", "use_multiprocess_dir",
 ]
@@ -525,58 +531,59 @@ def _name(sender: Any) -> str:
     return str(getattr(sender, "name", None) or sender or "unknown")
 
 
-def _safely(fn: Callable[..., None]) -> Callable[..., None]:
-    def wrapper(*args: Any, **kwargs: Any) -> None:
-        try:
-            fn(*args, **kwargs)
-        except Exception:  # metrics never break a job
-            log.exception("metrics: %s failed", fn.__name__)
-
-    wrapper.__name__ = fn.__name__
-    return wrapper
-
-
-@_safely
+@never_raises()
 def on_task_prerun(sender=None, task_id=None, **_: Any) -> None:
     jobs_started.labels(task=_name(sender)).inc()
     if task_id:
         _started[task_id] = time.monotonic()
 
 
-@_safely
+@never_raises()
 def on_task_postrun(sender=None, task_id=None, **_: Any) -> None:
     began = _started.pop(task_id, None) if task_id else None
     if began is not None:
         job_runtime.labels(task=_name(sender)).observe(time.monotonic() - began)
 
 
-@_safely
+@never_raises()
 def on_task_success(sender=None, **_: Any) -> None:
     jobs_succeeded.labels(task=_name(sender)).inc()
 
 
-@_safely
+@never_raises()
 def on_task_retry(sender=None, **_: Any) -> None:
     jobs_retried.labels(task=_name(sender)).inc()
 
 
-@_safely
+@never_raises()
 def on_task_failure(sender=None, exception=None, **_: Any) -> None:
     """A failure that reaches Celery was not retried: on this platform it goes to the dead-letter queue."""
-    from resilience.settings import get_settings
-
     name = _name(sender)
     jobs_failed.labels(task=name).inc()
     if get_settings().feature_dead_letter and getattr(sender, "dead_letter", True):
         jobs_dead_lettered.labels(task=name).inc()
 
 
-def connect_signals() -> None:
-    """Count the job lifecycle in the process that runs the job (pool processes), and
-    flush a pool process's counts when it exits."""
-    from celery import signals
-
+#: ``(signal, handler, dispatch_uid)``: the job lifecycle counted in the process that runs the job
+#: (pool processes), and a pool process's counts flushed when it exits.
+SIGNAL_HANDLERS: tuple[tuple[Any, Callable[..., None], str], ...] = tuple(
+    (signal, handler, f"resilience.metrics.{handler.__name__}")
     for signal, handler in ((signals.task_prerun, on_task_prerun), (signals.task_postrun, on_task_postrun),
                             (signals.task_success, on_task_success), (signals.task_retry, on_task_retry),
-                            (signals.task_failure, on_task_failure), (signals.worker_process_shutdown, flush)):
-        signal.connect(handler, weak=False, dispatch_uid=f"resilience.metrics.{handler.__name__}")
+                            (signals.task_failure, on_task_failure), (signals.worker_process_shutdown, flush)))
+
+
+def connect_signals() -> None:
+    """Connect :data:`SIGNAL_HANDLERS` (the health feature does so when it is on)."""
+    for signal, handler, uid in SIGNAL_HANDLERS:
+        signal.connect(handler, weak=False, dispatch_uid=uid)
+
+
+class ConnectionCounts(ConnectionObserver):
+    """The health feature's connection observer: counts ``redis_disconnects`` and ``redis_reconnects``."""
+
+    def on_down(self, component: str, error: str | None) -> None:
+        redis_disconnects.labels(client=component).inc()
+
+    def on_up(self, component: str, down_for_sec: float) -> None:
+        redis_reconnects.labels(client=component).inc()

@@ -30,135 +30,29 @@ publish token) and the execution guard runs its body once. With
 from __future__ import annotations
 
 import atexit
-import concurrent.futures
-import contextlib
-import contextvars
 import logging
 import threading
-import time
-from datetime import datetime
 from collections.abc import Callable
+from datetime import datetime
 from typing import Any
 
-from celery import bootsteps, signals
+from celery import bootsteps
 
-from resilience import connection, spool
+from resilience import connection, idempotency, spool
 from resilience.backoff import ExponentialBackoff
+
+# The deadline machinery lives in resilience.bounded (below the job modules, which use it too);
+# these names stay importable from here.
+from resilience.bounded import BoundedProducer, bounded_producer, call_bounded, publish_bounded, within_deadline
 from resilience.errors import BrokerUnavailable
-from resilience.settings import Settings, get_settings
+from resilience.runtime import app_or_bound
+from resilience.settings import get_settings
 
 log = logging.getLogger(__name__)
 
 __all__ = ["publish_guarded", "call_bounded", "within_deadline", "BoundedProducer", "Flusher", "flusher",
-           "SpoolWatch", "SpoolWatchStep", "report_spool_left", "install"]
-
-_executor_lock = threading.Lock()
-_executor: concurrent.futures.ThreadPoolExecutor | None = None
-
-
-def _publisher() -> concurrent.futures.ThreadPoolExecutor:
-    global _executor
-    with _executor_lock:
-        if _executor is None:
-            _executor = concurrent.futures.ThreadPoolExecutor(max_workers=8, thread_name_prefix="resilience-publish")
-        return _executor
-
-
-def publish_bounded(publish: Callable[[], Any], timeout: float) -> Any:
-    """Run ``publish`` and wait at most ``timeout`` seconds; raise TimeoutError beyond."""
-    future = _publisher().submit(publish)
-    try:
-        return future.result(timeout=timeout)
-    except concurrent.futures.TimeoutError:
-        raise TimeoutError(f"publish did not complete within {timeout}s") from None
-
-
-#: The monotonic time by which this thread's guarded publish must be done (unset outside one).
-_deadline: contextvars.ContextVar[float | None] = contextvars.ContextVar("resilience_publish_deadline",
-                                                                        default=None)
-
-
-def _remaining() -> float | None:
-    deadline = _deadline.get()
-    return None if deadline is None else max(0.0, deadline - time.monotonic())
-
-
-def within_deadline(call: Callable[[], Any]) -> Any:
-    """``call()``, bounded by the current guarded publish's deadline when there is one.
-
-    The network step of a publish (the broker write, the delayed run's script)
-    goes through here: inside :func:`publish_guarded` it runs on a helper
-    thread for at most the time left, anywhere else it runs as it is.
-    """
-    remaining = _remaining()
-    if remaining is None:
-        return call()
-    return publish_bounded(call, remaining)
-
-
-class BoundedProducer:
-    """A kombu producer whose ``publish`` is bounded by the guarded publish's deadline.
-
-    Everything else (building the message, signals, the caller's context)
-    stays on the caller's thread; only the write to the broker, with kombu's
-    own publish retries, runs on a helper thread. A publish that outlives the
-    deadline is left to finish there (:attr:`abandoned`).
-    """
-
-    def __init__(self, producer) -> None:
-        self._producer = producer
-        self.abandoned: concurrent.futures.Future | None = None
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self._producer, name)
-
-    def __bool__(self) -> bool:
-        return True
-
-    def publish(self, *args: Any, **kwargs: Any) -> Any:
-        remaining = _remaining()
-        if remaining is None:
-            return self._producer.publish(*args, **kwargs)
-        future = _publisher().submit(self._producer.publish, *args, **kwargs)
-        try:
-            return future.result(timeout=remaining)
-        except concurrent.futures.TimeoutError:
-            self.abandoned = future
-            raise TimeoutError("publish did not complete within PUBLISH_TIMEOUT_SEC") from None
-
-
-@contextlib.contextmanager
-def _bounded(app, producer, timeout: float):
-    """This thread's publish deadline, and a bounded producer (the caller's, or one from the app's pool)."""
-    token = _deadline.set(time.monotonic() + timeout)
-    pooled = None
-    bounded = None
-    try:
-        if producer is None:
-            try:
-                pooled = app.producer_pool.acquire(block=True, timeout=timeout)
-            except app.producer_pool.LimitExceeded:
-                raise TimeoutError(f"no broker connection free within {timeout}s") from None
-            producer = pooled
-        bounded = BoundedProducer(producer)
-        yield bounded
-    finally:
-        _deadline.reset(token)
-        if pooled is not None:
-            if bounded is not None and bounded.abandoned is not None:
-                # Still publishing on its helper thread: back to the pool once that is over.
-                bounded.abandoned.add_done_callback(lambda _: pooled.release())
-            else:
-                pooled.release()
-
-
-def call_bounded(call: Callable[[], Any]) -> Any:
-    """``call()`` waited for at most ``PUBLISH_TIMEOUT_SEC`` (with ``FEATURE_ENHANCED_REDIS`` on)."""
-    settings = get_settings()
-    if not settings.feature_enhanced_redis:
-        return call()
-    return publish_bounded(call, settings.publish_timeout_sec)
-
+           "SpoolWatch", "SpoolWatchStep", "report_spool_left",
+           "publish_what_an_earlier_run_spooled", "watch_from_beat"]
 
 def publish_guarded(task, args, kwargs, job_id: str, options: dict[str, Any], publish: Callable[[Any], Any],
                     *, producer=None, unreachable: BaseException | None = None):
@@ -182,7 +76,7 @@ def publish_guarded(task, args, kwargs, job_id: str, options: dict[str, Any], pu
     try:
         if unreachable is not None:
             raise unreachable
-        with _bounded(task.app, producer, settings.publish_timeout_sec) as bounded:
+        with bounded_producer(task.app, producer, settings.publish_timeout_sec) as bounded:
             result = publish(bounded)
     except Exception as err:
         if not connection.is_outage(err):
@@ -306,7 +200,7 @@ class SpoolWatchStep(bootsteps.StartStopStep):
 _beat_watch: SpoolWatch | None = None
 
 
-def _watch_from_beat(**_: Any) -> None:
+def watch_from_beat(**_: Any) -> None:
     global _beat_watch
     if _beat_watch is None:
         _beat_watch = SpoolWatch().start()
@@ -318,8 +212,6 @@ def _publish_spooled(app, job: spool.SpooledJob, timeout: float) -> None:
     if key and get_settings().feature_idempotency:
         # Spooled because its key could not be claimed: claim it now (again, harmlessly,
         # if this row is published a second time after a crash).
-        from resilience import idempotency
-
         owner = publish_bounded(lambda: idempotency.claim(key, job.job_id), timeout)
         if owner is not None and owner != job.job_id:
             log.warning("spooled job %s of %s not published: job %s owns its idempotency key %r",
@@ -386,8 +278,6 @@ class Flusher:
         self._wake.set()
 
     def _app_or_default(self):
-        from resilience.runtime import app_or_bound
-
         return app_or_bound(self._app)
 
     def _run(self) -> None:
@@ -447,26 +337,16 @@ def flusher() -> Flusher:
         return _flusher
 
 
-def install(app, settings: Settings) -> None:
-    """Fast consumer reconnects, and publish what an earlier run left in the spool."""
+def publish_what_an_earlier_run_spooled(app: Any) -> None:
+    """Give this process its flusher for ``app`` and wake it when the spool holds jobs of an earlier run."""
     global _flusher
-    if not settings.feature_enhanced_redis:
-        return
-    from resilience import reconnect
-
-    reconnect.install(app, settings)
-    from resilience import health
-
-    # Informational: the "redis" and "broker" checks already decide health from live probes.
-    health.register_check("connections", connection.health_check, critical=False)
     with _flusher_lock:
         if _flusher is None:
             _flusher = Flusher(app)
-    app.steps["worker"].add(SpoolWatchStep)
-    signals.beat_init.connect(_watch_from_beat, dispatch_uid="resilience.outage.beat_spool_watch", weak=False)
+        current = _flusher
     try:
         if spool.pending():
             log.warning("found %d spooled job(s) from an earlier run; publishing them", spool.count())
-            _flusher.wake()
+            current.wake()
     except Exception:  # a broken spool file must not stop the app from loading
         log.exception("could not read the publish spool")

@@ -1,9 +1,11 @@
-"""The platform's own tasks, registered by ``install(app)`` on the app it is given.
+"""The platform's own tasks: their names, how they are declared, how beat schedules them.
 
 Beat runs them on the user's schedule, the user's workers run them: the
 stuck-job sweep, the dead-letter trim, the scheduler's backstop promotion,
-the periodic alert rules and beat's pulse. Each acts on the app that runs it
-(``self.app``), never on an app of its own. Names follow one style,
+the periodic alert rules and beat's pulse. Each feature in
+:mod:`resilience.features` names the tasks it brings and their bodies;
+``install(app)`` declares them on the app it is given. Each acts on the app
+that runs it (``self.app``), never on an app of its own. Names follow one style,
 ``resilience.<verb>_<object>``, and each beat entry is named after its task.
 ``PLATFORM_TASK_QUEUE`` puts them on a queue of their own (route it like any
 other; a worker must consume it), else they go to the app's default queue.
@@ -14,19 +16,23 @@ again on the next tick) and store no result.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 from resilience.settings import Settings
 
 __all__ = [
-    "BEAT_PULSE", "EVALUATE_ALERTS", "PROMOTE_DELAYED_RUNS", "SWEEP_STUCK_JOBS", "TRIM_DEAD_LETTERS",
-    "add_beat_entry", "register",
+    "BEAT_PULSE", "EVALUATE_ALERTS", "EVALUATE_ALERTS_FORMER_NAME", "PROMOTE_DELAYED_RUNS", "SWEEP_STUCK_JOBS",
+    "TRIM_DEAD_LETTERS", "add_beat_entry", "declare",
 ]
 
 SWEEP_STUCK_JOBS = "resilience.sweep_stuck_jobs"
 TRIM_DEAD_LETTERS = "resilience.trim_dead_letters"
 PROMOTE_DELAYED_RUNS = "resilience.promote_delayed_runs"
-EVALUATE_ALERTS = "resilience.alerts.evaluate"
+EVALUATE_ALERTS = "resilience.evaluate_alerts"
+#: The alert evaluation's name before it followed the naming style: still declared, so a
+#: message an older beat queued still runs; no beat entry uses it.
+EVALUATE_ALERTS_FORMER_NAME = "resilience.alerts.evaluate"
 BEAT_PULSE = "resilience.beat_pulse"
 
 #: Options every platform task is declared with.
@@ -35,45 +41,22 @@ _OPTIONS: dict[str, Any] = {
 }
 
 
-def register(app: Any) -> None:
-    """Declare the platform's tasks on ``app`` (lazily, like any ``@app.task``)."""
-    if getattr(app, "_resilience_platform_tasks", False):
+def declare(app: Any, name: str, body: Callable[[Any], Any]) -> None:
+    """Declare the platform task ``name`` on ``app`` (lazily, like any ``@app.task``), once.
+
+    ``body(app)`` runs it, with the app that runs the task (``self.app``).
+    """
+    declared = app.__dict__.setdefault("_resilience_platform_tasks", set())
+    if name in declared:
         return
-    app._resilience_platform_tasks = True
+    declared.add(name)
 
-    @app.task(name=SWEEP_STUCK_JOBS, **_OPTIONS)
-    def sweep_stuck_jobs(self) -> dict:
-        """Beat's stuck-job sweep (every STUCK_SWEEP_INTERVAL_SEC); see resilience.sweeper."""
-        from resilience import sweeper
+    def run(self: Any) -> Any:
+        return body(self.app)
 
-        return sweeper.sweep(self.app).as_dict()
-
-    @app.task(name=TRIM_DEAD_LETTERS, **_OPTIONS)
-    def trim_dead_letters(self) -> dict:
-        """Drop dead-letter entries older than DEAD_LETTER_TTL_DAYS and beyond DEAD_LETTER_MAX_ENTRIES."""
-        from resilience import deadletter
-
-        return deadletter.trim()
-
-    @app.task(name=PROMOTE_DELAYED_RUNS, **_OPTIONS)
-    def promote_delayed_runs(self) -> int:
-        """Beat's backstop for the workers' promoter: move due delayed runs to their queues."""
-        from resilience import scheduler
-
-        return scheduler.promote_due()
-
-    @app.task(name=EVALUATE_ALERTS, **_OPTIONS)
-    def evaluate_alerts(self) -> list[str]:
-        """Evaluate the periodic alert rules for this app's queues and send due summaries."""
-        from resilience import alert_rules
-        from resilience.runtime import queue_names
-
-        return alert_rules.evaluate(queues=queue_names(self.app))
-
-    @app.task(name=BEAT_PULSE, **_OPTIONS)
-    def beat_pulse(self) -> None:
-        """Beat's pulse (see resilience.beatprobe): publishing it is the point; running it does nothing."""
-        return None
+    run.__name__ = name.rpartition(".")[2]
+    run.__doc__ = body.__doc__
+    app.task(name=name, **_OPTIONS)(run)
 
 
 def add_beat_entry(app: Any, settings: Settings, task: str, schedule: float, *,

@@ -52,8 +52,8 @@ from typing import Any
 import redis
 
 from resilience.keys import keys
-from resilience.store import get_redis, load_script
 from resilience.redact import redact_text
+from resilience.store import get_redis, load_script
 
 __all__ = [
     "MAX_ENTRIES", "MAX_RAW_CHARS", "Kind", "Shape", "Row", "TEXT", "NUMBER", "INTEGER", "ARRAY", "OBJECT",
@@ -192,8 +192,8 @@ def _finite_float(text: str) -> float:
 def decode(raw: Any, shape: Shape | Row | Kind) -> tuple[Any, str | None]:
     """``(value, None)`` for a record that is JSON of ``shape``; ``(None, problem)`` otherwise. Never raises."""
     text, problem = text_of(raw)
-    if problem:
-        return None, problem
+    if problem or text is None:
+        return None, problem or "no text"
     try:
         value = json.loads(text, parse_constant=_refuse_constant, parse_float=_finite_float)
     except (ValueError, RecursionError):

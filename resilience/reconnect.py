@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import logging
 import time
+from typing import Any
 
 from celery.worker.consumer.consumer import Consumer
 from celery.worker.state import maybe_shutdown
@@ -36,7 +37,7 @@ from resilience.settings import Settings, get_settings
 
 log = logging.getLogger(__name__)
 
-__all__ = ["ResilientConsumer", "reconnect_backoff", "install"]
+__all__ = ["ResilientConsumer", "reconnect_backoff", "use_resilient_consumer"]
 
 #: Longest single sleep between shutdown checks while waiting to reconnect.
 _SLICE_SEC = 0.1
@@ -87,7 +88,7 @@ class ResilientConsumer(Consumer):
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
         # A full Redis, and a primary demoted by a failover (READONLY), are connection losses here.
-        self.connection_errors = (*self.connection_errors, OutOfMemoryError, ReadOnlyError)
+        self.connection_errors = (*self.connection_errors, OutOfMemoryError, ReadOnlyError)  # type: ignore[has-type]
 
     def ensure_connected(self, conn):
         backoff = reconnect_backoff()
@@ -143,7 +144,6 @@ class ResilientConsumer(Consumer):
             self._handover_tref = self.timer.call_repeatedly(_HANDOVER_INTERVAL_SEC, self._restore_handover)
 
 
-def install(app, settings: Settings) -> None:
-    """Use :class:`ResilientConsumer` in this app's workers (flag on only)."""
-    if settings.feature_enhanced_redis:
-        app.conf.worker_consumer = "resilience.reconnect:ResilientConsumer"
+def use_resilient_consumer(app: Any) -> None:
+    """Use :class:`ResilientConsumer` in this app's workers."""
+    app.conf.worker_consumer = "resilience.reconnect:ResilientConsumer"

@@ -66,7 +66,7 @@ from __future__ import annotations
 import itertools
 import json
 import re
-from collections.abc import Mapping
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
 __all__ = [
@@ -151,7 +151,7 @@ def _name_rest(name: str, after: str) -> str:
     return rest + after
 
 
-def _name_tree(names, after=lambda name: "") -> str:
+def _name_tree(names: Iterable[str], after: Callable[[str], str] = lambda name: "") -> str:
     """One pattern for ``names``: alternatives by first letter, then second, in both cases.
 
     Each name is followed by ``after(name)``. Longest names come first, so
@@ -227,6 +227,8 @@ def _mask_key_value(match: re.Match) -> str:
     opening = match["escape"] or quoted[:2 if quoted[0] in "bB" else 1]
     closing = opening[-1] if opening[0] in "bB" else opening
     closed = len(quoted) >= len(opening) + len(closing) and quoted.endswith(closing)
+    if len(quoted) == len(opening) + (len(closing) if closed else 0):
+        return match[0]  # an empty value: nothing to hide, and a mask would only lengthen the text
     return f"{match['key']}{opening}{MASK}{closing if closed else ''}"
 
 
@@ -287,7 +289,8 @@ def _cut(text: str, limit: int, tail: int) -> tuple[str, int, str]:
 def _safe_head(head: str) -> str:
     """The head without a trailing, unfinished URL authority (it may hold userinfo cut before its "@")."""
     start = head.rfind("://")
-    if start != -1 and _URL_AUTHORITY.match(head, start + 3).end() == len(head):
+    authority = _URL_AUTHORITY.match(head, start + 3) if start != -1 else None
+    if authority is not None and authority.end() == len(head):
         return head[:start + 3]
     return head
 
@@ -509,18 +512,18 @@ class _Clipper:
         self.sizes[(id(value), depth)] = (size, cap)
         return size
 
-    def entries(self, it, kind: int, count: int, key_room: int) -> list[tuple[int, Any, str | None]]:
+    def entries(self, it: Any, kind: int, count: int, key_room: int) -> list[tuple[int, Any, str | None]]:
         """``(fixed cost, item, key text)`` of the first ``count`` items; the fixed cost is the
         comma, and for a mapping the key (cut to ``key_room``) and ": "."""
         if kind == _SEQUENCE:
             return [(2 if index else 0, item, None) for index, item in enumerate(itertools.islice(it, count))]
-        out = []
+        out: list[tuple[int, Any, str | None]] = []
         for index, (key, item) in enumerate(itertools.islice(it.items(), count)):
             name, size = self.text(key if isinstance(key, str) else _as_text(key), key_room)
             out.append(((2 if index else 0) + size + 2, MASK if self.mask and _masks(key, item) else item, name))
         return out
 
-    def sequence(self, items, budget: int, depth: int) -> tuple[list, int]:
+    def sequence(self, items: Any, budget: int, depth: int) -> tuple[list, int]:
         kept, parts, size = self.container(items, _SEQUENCE, budget, depth)
         out = [clipped for _, clipped in parts]
         if kept < len(items):
@@ -546,7 +549,7 @@ class _Clipper:
                 size += need
         return out, size
 
-    def container(self, it, kind: int, budget: int, depth: int) -> tuple[int, list[tuple], int]:
+    def container(self, it: Any, kind: int, budget: int, depth: int) -> tuple[int, list[tuple], int]:
         """``(items kept, (key text, copy) of each, size so far)`` of a sequence or mapping."""
         room, count = budget - 2, len(it)
         if count <= room:  # every item takes a byte at the least: it may fit whole
@@ -582,7 +585,7 @@ class _Clipper:
         """``(key text, copy, size)`` of each item within its budget; what one leaves goes to the next."""
         parts = []
         spare = 0
-        for (_, item, name), budget in zip(entries, budgets):
+        for (_, item, name), budget in zip(entries, budgets, strict=False):
             clipped, size = self.value(item, max(budget + spare, 2), depth + 1)
             spare += budget - size
             parts.append((name, clipped, size))

@@ -31,13 +31,14 @@ write (measured in ``benchmarks/replica_ack.py``).
 from __future__ import annotations
 
 import logging
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from kombu.transport import redis as kombu_redis
 from kombu.utils.json import dumps
 
 from resilience.errors import ReplicasBehind
 from resilience.settings import Settings, get_settings
+from resilience.store import get_redis, load_script
 
 log = logging.getLogger(__name__)
 
@@ -51,15 +52,13 @@ def confirm(acked: Any, wanted: int, timeout_ms: int, what: str) -> None:
         raise ReplicasBehind(what, acked, wanted, timeout_ms)
 
 
-def run_script(name: str, keys: list[str], args: list[Any], *, what: str, client=None,
+def run_script(name: str, keys: list[str | bytes], args: list[Any], *, what: str, client=None,
                settings: Settings | None = None) -> Any:
     """Run ``lua/<name>.lua``; with replica acknowledgement on, followed by WAIT on the same connection.
 
     ``client`` may be a caller's pipeline: the script is queued on it and the
     caller's ``execute()`` is the write (no WAIT here: the caller decides).
     """
-    from resilience.store import get_redis, load_script
-
     settings = settings or get_settings()
     wanted = settings.redis_min_replicas_ack
     script = load_script(name)
@@ -73,15 +72,21 @@ def run_script(name: str, keys: list[str], args: list[Any], *, what: str, client
     return result
 
 
-class DurableChannelMixin:
+if TYPE_CHECKING:
+    _ChannelBase = kombu_redis.Channel
+else:
+    _ChannelBase = object
+
+
+class DurableChannelMixin(_ChannelBase):
     """kombu's Redis channel whose publish waits for ``min_replicas_ack`` replicas.
 
     The options come from the broker transport options (``min_replicas_ack``,
     ``replica_ack_timeout_ms``), which :func:`install` sets from the settings.
     """
 
-    from_transport_options = kombu_redis.Channel.from_transport_options + (
-        "min_replicas_ack", "replica_ack_timeout_ms")
+    from_transport_options = kombu_redis.Channel.from_transport_options + (  # type: ignore[assignment]
+        "min_replicas_ack", "replica_ack_timeout_ms")  # kombu types the tuple by its exact length
     min_replicas_ack = 0
     replica_ack_timeout_ms = 500
 
@@ -107,7 +112,7 @@ class DurableChannel(DurableChannelMixin, kombu_redis.Channel):
 
 
 class DurableSentinelChannel(DurableChannelMixin, kombu_redis.SentinelChannel):
-    from_transport_options = kombu_redis.SentinelChannel.from_transport_options + (
+    from_transport_options = kombu_redis.SentinelChannel.from_transport_options + (  # type: ignore[assignment]
         "min_replicas_ack", "replica_ack_timeout_ms")
 
 

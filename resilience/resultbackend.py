@@ -38,6 +38,7 @@ is on; the URL and every other setting stay as configured.
 from __future__ import annotations
 
 import math
+from typing import TYPE_CHECKING
 
 from celery import states
 from celery.backends.redis import RedisBackend, SentinelBackend
@@ -58,7 +59,13 @@ STORED_ATTR = "resilience_stored"
 _SERVER_OPTIONS = ("host", "port", "path", "db")
 
 
-class _Tracked:
+if TYPE_CHECKING:
+    from celery.backends.redis import RedisBackend as _BackendBase
+else:
+    _BackendBase = object
+
+
+class _Tracked(_BackendBase):
     """What the platform changes in Celery's Redis and Sentinel result backends."""
 
     def _create_client(self, **params):

@@ -26,10 +26,11 @@ import socket
 
 from celery.exceptions import Ignore, MaxRetriesExceededError
 
-from resilience import deadletter, executions
+from resilience import deadletter, executions, idempotency
 from resilience.backoff import ExponentialBackoff
 from resilience.errors import PermanentError, PoisonJob
 from resilience.settings import get_settings
+from resilience.submission import republishing
 
 log = logging.getLogger(__name__)
 
@@ -125,8 +126,6 @@ def skip(task, decision: executions.Decision):
     duplicate is dropped once the first run is done, and runs if that run's
     worker has died meanwhile. Nothing depends on the stuck-job sweep alone.
     """
-    from resilience import idempotency
-
     if decision.action == executions.BUSY:
         try:
             defer(task, get_settings().idempotency_busy_defer_sec)
@@ -142,8 +141,6 @@ def skip(task, decision: executions.Decision):
 def defer(task, delay: float):
     """Re-publish the delivery behind ``task.request`` ``delay`` seconds later, as it is."""
     request = task.request
-    from resilience.submission import republishing
-
     signature = task.signature_from_request(request, countdown=delay, retries=request.retries or 0)
     with republishing("defer"):  # the same delivery later; the running job's records belong to the first run
         return signature.apply_async()
@@ -158,11 +155,3 @@ def bury_poison(task, args, kwargs, decision: executions.Decision):
     reason = f"poison job: {decision.deliveries - 1} deliveries killed their worker"
     deadletter.bury(task, args, kwargs, None, reason)
     raise PoisonJob(reason)
-
-
-def install(app, settings) -> None:
-    """Wire retries, delayed runs and dead-letter upkeep: the promoter step and beat entries."""
-    from resilience import scheduler
-
-    scheduler.install(app, settings)
-    deadletter.install(app, settings)

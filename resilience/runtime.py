@@ -14,10 +14,9 @@ import threading
 import weakref
 from typing import Any
 
-from resilience.errors import ConfigurationError
+from resilience.errors import ConfigurationError, ResilienceError
 
-__all__ = ["BUNDLED_APP", "bind", "bound_app", "app_or_bound", "unbind", "load_app", "transport_options",
-           "queue_names"]
+__all__ = ["BUNDLED_APP", "bind", "bound_app", "app_or_bound", "unbind", "load_app", "transport_options"]
 
 #: The app the ``resilience`` command acts on when no ``-A``/``RESILIENCE_APP`` names one.
 BUNDLED_APP = "resilience.bundled:app"
@@ -62,27 +61,6 @@ def transport_options(app: Any) -> dict:
     return dict(app.conf.broker_transport_options or {})
 
 
-def queue_names(app: Any) -> list[str]:
-    """The queues ``app`` publishes to: its default queue, ``task_queues``, queues named
-    in dict-form ``task_routes``, and the platform's own queue when one is set."""
-    names = {app.conf.task_default_queue or "celery"}
-    for queue in app.conf.task_queues or ():
-        names.add(getattr(queue, "name", str(queue)))
-    routes = app.conf.task_routes
-    for route in routes if isinstance(routes, (list, tuple)) else [routes]:
-        if isinstance(route, dict):
-            for target in route.values():
-                queue = target.get("queue") if isinstance(target, dict) else None
-                if isinstance(queue, str):
-                    names.add(queue)
-    from resilience.settings import settings_for
-
-    platform_queue = settings_for(app).platform_task_queue
-    if platform_queue:
-        names.add(platform_queue)
-    return sorted(names)
-
-
 def load_app(spec: str | None = None) -> Any:
     """Import the Celery app named ``spec`` as ``celery -A`` does (``proj``, ``proj.celery``,
     ``proj.celery:app``), from the working directory too; the bundled app by default.
@@ -93,8 +71,6 @@ def load_app(spec: str | None = None) -> Any:
     """
     from celery import Celery
     from celery.app.utils import find_app
-
-    from resilience.errors import ResilienceError
 
     spec = spec or BUNDLED_APP
     try:

@@ -33,20 +33,24 @@ import os
 import threading
 import time
 from collections.abc import Callable
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Any
 
 from celery import bootsteps
 from kombu import Producer
 
+from resilience import executions
+from resilience.bounded import within_deadline
+from resilience.executions import owner_of
 from resilience.keys import keys
 from resilience.quarantine import TEXT, Bad, Batch, Reply, Shape, decode
-from resilience.settings import Settings, get_settings
+from resilience.replication import run_script
+from resilience.republish import republish_of_current
+from resilience.settings import get_settings
 from resilience.store import get_redis, load_script
-from resilience.platform_tasks import PROMOTE_DELAYED_RUNS, add_beat_entry
 from resilience.unacked import MESSAGE
 
-__all__ = ["wants_delay", "schedule", "capture_message", "promote_due", "waiting", "PromoterStep", "install"]
+__all__ = ["wants_delay", "schedule", "capture_message", "promote_due", "waiting", "PromoterStep"]
 
 log = logging.getLogger(__name__)
 
@@ -70,7 +74,7 @@ def due_time(options: dict, now: float) -> float:
         if isinstance(eta, str):
             eta = datetime.fromisoformat(eta)
         if eta.tzinfo is None:
-            eta = eta.replace(tzinfo=timezone.utc)
+            eta = eta.replace(tzinfo=UTC)
         return eta.timestamp()
     return now + max(0.0, float(options.get("countdown") or 0))
 
@@ -78,10 +82,10 @@ def due_time(options: dict, now: float) -> float:
 class _Capture(threading.local):
     """Per thread: a broker connection whose channel captures messages instead of writing them."""
 
-    conn = None
-    channel = None
-    pid = None
-    app = None
+    conn: Any = None
+    channel: Any = None
+    pid: int | None = None
+    app: Any = None
     captured: list
 
 
@@ -92,8 +96,6 @@ def _capture_channel(app):
     if _capture.conn is None or _capture.pid != os.getpid() or _capture.app is not app:
         _drop_capture()
         from kombu.utils.json import dumps
-
-        from resilience.outage import within_deadline
 
         conn = app.connection_for_write()
         channel = within_deadline(lambda: conn.default_channel)  # kombu's Redis channel pings on creation
@@ -154,16 +156,12 @@ def schedule(task, args, kwargs, job_id: str, options: dict, fallback: Callable,
     """
     settings = get_settings()
     request = task.request
-    from resilience.submission import republish_of_current
-
     # The running job's retry (or parking) closes its run in the same step; a deferred
     # duplicate leaves the records of the run it waits for alone.
     retry = republish_of_current(task, job_id) in {"retry", "park"}
     if not settings.feature_smart_retry or task.app.conf.task_always_eager:
         result = fallback()
         if retry:
-            from resilience import executions
-
             executions.finish(task, "retrying", attempt=int(options.get("retries") or 0))
         return result
 
@@ -172,21 +170,15 @@ def schedule(task, args, kwargs, job_id: str, options: dict, fallback: Callable,
 
     # The run's due time travels in a header that the worker shows the job as ``self.request.eta``
     # (resilience.request), as Celery's ETA message would, without holding the message until then.
-    headers = {**(options.get("headers") or {}), ETA_HEADER: datetime.fromtimestamp(due, timezone.utc).isoformat()}
+    headers = {**(options.get("headers") or {}), ETA_HEADER: datetime.fromtimestamp(due, UTC).isoformat()}
 
     def send(producer):  # Celery's own publish (links, headers, routing), undelayed, into the capture
         return fallback(producer=producer, countdown=None, eta=None, retry=False, headers=headers)
 
     queue_key, envelope = capture_message(task.app, send)
-    from resilience.executions import owner_of
-
     k = keys()
     transport = dict(task.app.conf.broker_transport_options or {})
     properties = (getattr(request, "properties", None) or {}) if retry else {}
-    from resilience.outage import within_deadline
-
-    from resilience.replication import run_script
-
     within_deadline(lambda: run_script(
         "schedule",
         keys=[k.scheduled, k.scheduled_payloads, k.job_state(job_id), k.active, k.active_deadlines,
@@ -286,12 +278,3 @@ class PromoterStep(bootsteps.StartStopStep):
             self.tref = None
 
     shutdown = stop
-
-
-def install(app, settings: Settings) -> None:
-    """Promote from every worker, and from beat as a backstop."""
-    if not settings.feature_smart_retry:
-        return
-    app.steps["consumer"].add(PromoterStep)
-    add_beat_entry(app, settings, PROMOTE_DELAYED_RUNS, settings.scheduler_beat_interval_sec,
-                   expires=settings.scheduler_beat_interval_sec)

@@ -25,29 +25,29 @@ After a failover nothing needs restarting:
 * Lua scripts the new primary does not know are loaded again on ``NOSCRIPT``
   (redis-py's ``Script``, also inside pipelines).
 
-:class:`FailoverWatch` notices a change of primary (the health monitor asks
-the sentinels on every refresh): it logs it, counts it in ``/metrics``
-(``redis_failovers_total``) and alerts once per new primary (rule
-``redis_failover``).
+:class:`resilience.healthmonitor.FailoverWatch` notices a change of primary
+(the health monitor asks the sentinels on every refresh): it logs it, counts
+it in ``/metrics`` (``redis_failovers_total``) and alerts once per new
+primary (rule ``redis_failover``).
 """
 
 from __future__ import annotations
 
 import logging
-import threading
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 from urllib.parse import unquote, urlsplit
 
 import redis
 from redis.sentinel import Sentinel
 
+from resilience.errors import ConfigurationError
 from resilience.settings import Settings, get_settings, masked_url
 
 log = logging.getLogger(__name__)
 
 __all__ = ["SentinelURL", "is_sentinel_url", "parse", "master_name", "sentinel_for", "master_client",
-           "primary_address", "replication", "FailoverWatch", "transport_options", "install"]
+           "primary_address", "replication", "transport_options", "install"]
 
 DEFAULT_SENTINEL_PORT = 26379
 
@@ -95,8 +95,6 @@ def master_name(settings: Settings | None = None, app: Any = None) -> str:
         name = (app.conf.broker_transport_options or {}).get("master_name")
         if name:
             return str(name)
-    from resilience.errors import ConfigurationError
-
     raise ConfigurationError("REDIS_URL names sentinels but no master: set REDIS_SENTINEL_MASTER")
 
 
@@ -159,9 +157,10 @@ def replication(url: str, settings: Settings, app: Any = None, *, timeout: float
     for host, port in target.sentinels:
         node = redis.Redis(host=host, port=port, decode_responses=True, **options)
         try:
-            master = node.sentinel_master(name)
-            replicas = node.sentinel_slaves(name)
-            sentinels = node.sentinel_sentinels(name)
+            # redis-py's stubs type these replies loosely; with decode_responses they are dicts and lists
+            master: dict[str, Any] = node.sentinel_master(name)  # type: ignore[assignment]
+            replicas: list[dict[str, Any]] = node.sentinel_slaves(name)
+            sentinels: list[dict[str, Any]] = node.sentinel_sentinels(name)  # type: ignore[assignment]
         except (redis.RedisError, OSError) as err:
             last_error = err
             continue
@@ -201,48 +200,6 @@ def _primary_offset(primary: tuple[str, int], target: SentinelURL, timeout: floa
         return None
     finally:
         client.close()
-
-
-@dataclass
-class FailoverWatch:
-    """Notices a new primary: logs it, counts it (``redis_failovers_total``) and alerts once.
-
-    ``observe(address)`` is fed the primary the sentinels name (the health
-    monitor does so on each refresh). The first address seen is the starting
-    point, not a failover. The alert (rule ``redis_failover``, subject the new
-    primary) goes through the alert gate, so the many processes that notice
-    the same failover send one alert per ``ALERT_WINDOW_SEC``.
-    """
-
-    primary: str | None = None
-    failovers: int = 0
-    _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
-
-    def observe(self, address: str, master: str = "") -> bool:
-        """Record the primary seen now; True when it differs from the one seen before."""
-        with self._lock:
-            previous, self.primary = self.primary, address
-            if previous is None or previous == address:
-                return False
-            self.failovers += 1
-        log.warning("Redis failover: the sentinels now name %s as primary (was %s)", address, previous)
-        try:
-            from resilience import metrics
-
-            metrics.redis_failovers.labels(master=master).inc()
-        except Exception:  # noqa: BLE001 - an observer never breaks what it observes
-            log.debug("could not count the failover", exc_info=True)
-        try:
-            from resilience.alert_rules import redis_failover
-
-            redis_failover(previous, address, master=master)
-        except Exception:  # noqa: BLE001
-            log.exception("redis_failover alert not sent")
-        return True
-
-
-#: This process's watch (fed by the health monitor and ``resilience status``).
-watch = FailoverWatch()
 
 
 def install(app, settings: Settings) -> None:

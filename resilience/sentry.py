@@ -23,8 +23,9 @@ from typing import Any
 
 from resilience.redact import redact
 from resilience.settings import Settings, get_settings
+from resilience.tracking import fingerprint_of_exception
 
-__all__ = ["before_send", "init", "install"]
+__all__ = ["before_send", "init", "init_on_signal"]
 
 log = logging.getLogger(__name__)
 
@@ -32,8 +33,6 @@ log = logging.getLogger(__name__)
 def before_send(event: dict[str, Any], hint: dict[str, Any]) -> dict[str, Any] | None:
     """Tag the event with the platform's fingerprint and mask its secrets."""
     try:
-        from resilience.tracking import fingerprint_of_exception
-
         exc_info = hint.get("exc_info") if hint else None
         if exc_info and exc_info[1] is not None:
             operation = _task_name(event) or "unknown"
@@ -71,7 +70,7 @@ def init(settings: Settings | None = None) -> bool:
             dsn=settings.sentry_dsn,
             environment=settings.environment,
             integrations=[CeleryIntegration(monitor_beat_tasks=False)],
-            before_send=before_send,
+            before_send=before_send,  # type: ignore[arg-type]  # sentry's Event is a TypedDict of this dict
             send_default_pii=False,
             traces_sample_rate=0.0,
         )
@@ -81,14 +80,5 @@ def init(settings: Settings | None = None) -> bool:
         return False
 
 
-def _init_on_signal(**_: Any) -> None:
+def init_on_signal(**_: Any) -> None:
     init()
-
-
-def install(app: Any, settings: Settings) -> None:
-    """Initialise when a worker or beat starts, and in each pool process after fork."""
-    from celery import signals
-
-    for signal, uid in ((signals.worker_init, "worker"), (signals.beat_init, "beat"),
-                        (signals.worker_process_init, "pool_process")):
-        signal.connect(_init_on_signal, dispatch_uid=f"resilience.sentry.init.{uid}", weak=False)

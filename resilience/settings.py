@@ -20,7 +20,8 @@ from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import urlsplit
 
-from resilience.errors import SettingsError
+from resilience.errors import HIDDEN, SettingsError
+from resilience.runtime import bound_app
 
 __all__ = ["FEATURES", "SECRET_SETTINGS", "Settings", "conf_keys", "get_settings", "load_settings", "masked_url",
            "reset_settings", "settings_for", "shown_value"]
@@ -46,7 +47,6 @@ SECRET_SETTINGS = frozenset({"ALERT_WEBHOOK_URL", "ALERT_WEBHOOK_SECRET", "SENTR
 _SECRET_NAME_RE = re.compile(r"SECRET|PASSWORD|PASSWD|TOKEN|DSN|AUTH|CREDENTIAL", re.IGNORECASE)
 #: Query parameters of a URL whose values are masked.
 _SECRET_PARAM_RE = re.compile(r"SECRET|PASSWORD|PASSWD|PASS|PWD|TOKEN|KEY|AUTH|SIG|CREDENTIAL", re.IGNORECASE)
-HIDDEN = "<hidden>"
 MASK = "***"
 
 
@@ -101,6 +101,9 @@ def shown_value(name: str, raw: Any) -> str:
 _TRUE = {"1", "true", "yes", "on"}
 _FALSE = {"0", "false", "no", "off"}
 _PREFIX_RE = re.compile(r"^[A-Za-z0-9_.:{}-]*$")
+
+
+SettingsError.show = staticmethod(shown_value)  # errors cannot import this module: it is handed over
 
 
 def _parse_bool(name: str, raw: str) -> bool:
@@ -597,8 +600,6 @@ def get_settings() -> Settings:
     """This process's settings: those of the app given to ``install()``, else the environment's."""
     if _override is not None:
         return _override
-    from resilience.runtime import bound_app
-
     app = bound_app()
     if app is not None:
         return settings_for(app)

@@ -40,10 +40,11 @@ from typing import Any
 
 from kombu.exceptions import EncodeError
 
+from resilience.alerts import alert
 from resilience.connection import is_outage
 from resilience.errors import ResilienceError, SpoolFull
 from resilience.localfiles import private_dir, private_file
-from resilience.quarantine import ARRAY, INTEGER, NUMBER, OBJECT, TEXT, Bad, Batch, Shape, decode, one_of
+from resilience.quarantine import ARRAY, INTEGER, NUMBER, OBJECT, TEXT, Bad, Batch, Kind, Shape, decode, one_of
 from resilience.settings import get_settings
 
 log = logging.getLogger(__name__)
@@ -143,8 +144,6 @@ def append(task_name: str, args, kwargs, job_id: str, options: dict[str, Any]) -
 def _report_full(n: int, task_name: str, job_id: str) -> None:
     log.error("publish spool full (%d jobs): rejected job %s of %s", n, job_id, task_name)
     try:
-        from resilience.alerts import alert
-
         alert(rule="spool_full", subject=str(spool_path().name), level="critical",
               title="Publish spool full", component="spool",
               message=f"the local publish spool holds {n} jobs; new jobs are refused until Redis is back",
@@ -179,7 +178,8 @@ def read(limit: int = 100) -> tuple[list[SpooledJob], list[Bad]]:
     jobs, bad = [], []
     for seq, job_id, task, *columns in rows:
         decoded, problem = [], None
-        for name, raw, kind in zip(("args", "kwargs", "options"), columns, (ARRAY, OBJECT, OPTIONS)):
+        kinds: tuple[Shape | Kind, ...] = (ARRAY, OBJECT, OPTIONS)
+        for name, raw, kind in zip(("args", "kwargs", "options"), columns, kinds, strict=False):
             value, problem = decode(raw, kind)
             if problem:
                 problem = f"{name}: {problem}"
@@ -284,5 +284,5 @@ def _quarantine(rows: list[Bad]) -> None:
         for row in rows:
             log.error("spooled %s dropped: %s; the quarantine refused it: %s", row.field, row.problem, err)
     for row in rows:
-        remove(int(row.member))
+        remove(int(str(row.member)))
 

@@ -15,15 +15,17 @@ import redis
 from rich.console import Group
 from rich.table import Table
 
+from resilience import sentinel
 from resilience.breaker import read_record
 from resilience.display import cell
 from resilience.errors import StoreUnavailable
 from resilience.keys import keys
-from resilience.quarantine import INTEGER, TEXT, Batch, Reply, Shape, decode
+from resilience.quarantine import INTEGER, TEXT, Batch, Reply, Shape
+from resilience.queues import queue_names
 from resilience.redact import redact
-from resilience.runtime import queue_names, transport_options
+from resilience.runtime import bound_app, transport_options
 from resilience.settings import get_settings
-from resilience.store import get_redis
+from resilience.store import app_broker_url, get_redis
 
 DEFAULT_QUEUES = ("celery",)
 
@@ -119,12 +121,9 @@ def collect(app=None, *, now: float | None = None, top_errors: int = 5, client=N
 
 def _redis_topology(settings, app) -> dict[str, Any]:
     """``{"redis": {...}}`` under Sentinel: the current primary and each replica's lag (else nothing)."""
-    from resilience import sentinel
-    from resilience.runtime import bound_app
-    from resilience.store import app_broker_url
 
     url = settings.redis_url or app_broker_url(app if app is not None else bound_app())
-    if not sentinel.is_sentinel_url(url):  # the embedded Redis is never under Sentinel
+    if not url or not sentinel.is_sentinel_url(url):  # the embedded Redis is never under Sentinel
         return {}
     try:
         return {"redis": sentinel.replication(url, settings, app)}

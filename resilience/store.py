@@ -21,6 +21,7 @@ from importlib import resources
 import redis
 from redis.backoff import ExponentialWithJitterBackoff
 
+from resilience import sentinel
 from resilience.connection import TrackedRetry
 from resilience.settings import Settings, get_settings
 
@@ -90,8 +91,6 @@ def client_options(settings: Settings | None = None) -> dict:
 def new_client(url: str, settings: Settings | None = None, **options) -> redis.Redis:
     """A client of ``url`` with ``options``; for a ``sentinel://`` URL, one that follows the
     primary the sentinels name (rediscovered after a failover)."""
-    from resilience import sentinel
-
     settings = settings or get_settings()
     if sentinel.is_sentinel_url(url):
         from resilience.runtime import bound_app

@@ -19,12 +19,9 @@
 
 from __future__ import annotations
 
-import contextlib
-import contextvars
-import json
 import uuid
-from datetime import datetime, timedelta, timezone
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from kombu import serialization
@@ -32,39 +29,15 @@ from kombu.exceptions import SerializerNotInstalled
 from kombu.utils import json as kombu_json
 
 from resilience.errors import PayloadTooLarge, UnserializableArgument
+
+# canonical_json and the re-publish marker live with the modules below this one that use them;
+# their names stay importable from here.
+from resilience.idempotency import canonical_json
+from resilience.republish import republish_of_current, republishing
 from resilience.settings import get_settings
 
 __all__ = ["submit", "validate_arguments", "canonical_json", "serializer_of", "republishing",
            "republish_of_current"]
-
-
-def canonical_json(value: Any) -> str:
-    """JSON that is the same for the same arguments, in any process or Python version.
-
-    What counts as the same is what the worker receives, as kombu's JSON
-    delivers it: mapping keys are sorted, so kwarg order does not matter, and
-    non-string keys become strings as JSON makes them (``{1: "a"}`` equals
-    ``{"1": "a"}``); tuples and lists are the same; numbers are JSON numbers,
-    so ``1`` and ``1.0`` differ, and so do ``1`` and ``True``; floats are
-    written with Python's shortest round-trip repr; text is escaped to ASCII
-    (``\\u00e9``), so the bytes do not depend on the locale, but Unicode is
-    not normalised (NFC and NFD spellings differ); NaN and infinities are
-    rejected. The types kombu's JSON carries are written as kombu writes them,
-    ``{"__type__": T, "__value__": V}``: ``bytes`` as its UTF-8 text (T
-    ``bytes``) or, when it is not UTF-8, base64 (T ``base64``); ``datetime``,
-    ``date`` and ``time`` as ``isoformat()`` (so a naive and an aware time
-    differ, and so do two offsets for one instant); ``Decimal`` as ``str()``
-    (``Decimal("1.0")`` and ``Decimal("1.00")`` differ, as they do delivered);
-    ``UUID`` as ``{"hex": ...}``.
-    """
-    dump = dict(cls=kombu_json.JSONEncoder, sort_keys=True, separators=(",", ":"), ensure_ascii=True,
-                allow_nan=False)
-    try:
-        return json.dumps(value, **dump)
-    except TypeError:
-        # mixed key types (``{1: .., "a": ..}``) cannot be sorted: normalise them as JSON does first
-        plain = json.loads(json.dumps(value, cls=kombu_json.JSONEncoder, allow_nan=False))
-        return json.dumps(plain, **dump)
 
 
 def serializer_of(task, options: dict[str, Any]) -> str:
@@ -111,35 +84,6 @@ def validate_arguments(task_name: str, args, kwargs, serializer: str = "json") -
     return size
 
 
-#: Set while the platform re-publishes the running job: ``"retry"`` (``Task.retry``, the
-#: next attempt), ``"defer"`` (a busy duplicate, as it is) or ``"park"`` (an open breaker).
-_republish: contextvars.ContextVar[str | None] = contextvars.ContextVar("resilience_republish", default=None)
-
-
-@contextlib.contextmanager
-def republishing(kind: str) -> Iterator[None]:
-    """Mark the running job's re-publish of itself inside the block as the platform's ``kind``.
-
-    Such a re-publish continues the same publish: it keeps the message's
-    publish token and idempotency key, claims no key and is not spooled. Any
-    other publish under the running job's id (``replace()``, ``task_id=``
-    given again by the job) is a new publish, as in Celery.
-    """
-    token = _republish.set(kind)
-    try:
-        yield
-    finally:
-        _republish.reset(token)
-
-
-def republish_of_current(task, task_id: str | None) -> str | None:
-    """The kind of platform re-publish of the running job this is, or None."""
-    kind = _republish.get()
-    if kind is None or task_id is None or task.request.called_directly or task.request.id != task_id:
-        return None
-    return kind
-
-
 def submit(task, args, kwargs, *, task_id, producer, link, link_error, shadow,
            options: dict[str, Any], publish: Callable):
     """Submit a job; returns its ``AsyncResult`` (the original one for a duplicate)."""
@@ -178,21 +122,23 @@ def submit(task, args, kwargs, *, task_id, producer, link, link_error, shadow,
             return publish(args, kwargs, task_id=job_id, producer=overrides.pop("producer", given), link=link,
                            link_error=link_error, shadow=shadow, **{**options, **overrides})
 
-        target = plain
+        target: Callable[..., Any] = plain
         if scheduler.wants_delay(options):
             if resubmission:
                 # A retry or a deferral: published from the running job, not spooled
                 # (kombu keeps its message meanwhile).
                 return scheduler.schedule(task, args, kwargs, job_id, options, fallback=plain)
 
-            def target(bounded):  # the durable delayed run, kept in Redis until due
+            def delayed(bounded):  # the durable delayed run, kept in Redis until due
                 return scheduler.schedule(task, args, kwargs, job_id, options,
                                           fallback=lambda **overrides: plain(bounded, **overrides))
+
+            target = delayed
         # What the spool keeps to publish it later: the options plus callbacks (signatures are JSON dicts).
         spooled = {**options, **{name: value for name, value in
                                  (("link", link), ("link_error", link_error), ("shadow", shadow)) if value}}
         if spooled.get("countdown") is not None:  # due relative to now, however late the spool is flushed
-            due = datetime.now(timezone.utc) + timedelta(seconds=float(spooled.pop("countdown")))
+            due = datetime.now(UTC) + timedelta(seconds=float(spooled.pop("countdown")))
             spooled["eta"] = due.isoformat()
         return outage.publish_guarded(task, args, kwargs, job_id, spooled, target, producer=producer,
                                       unreachable=unreachable)

@@ -225,16 +225,16 @@ class Platform:
     def stop(self, grace: float = STOP_GRACE_SEC) -> None:
         """Stop every child (and the embedded Redis this instance started)."""
         self._stop.set()
-        running = [c for c in self.children if c.process and c.process.poll() is None]
-        for child in running:
-            child.process.terminate()  # the main process only: Celery's warm shutdown finishes running jobs
+        running = [(c.name, c.process) for c in self.children if c.process and c.process.poll() is None]
+        for _, process in running:
+            process.terminate()  # the main process only: Celery's warm shutdown finishes running jobs
         deadline = time.monotonic() + grace
-        for child in running:
+        for name, process in running:
             remaining = max(0.1, deadline - time.monotonic())
             try:
-                child.process.wait(remaining)
+                process.wait(remaining)
             except subprocess.TimeoutExpired:
-                log.warning("%s did not stop in %.0fs; killing it", child.name, grace)
+                log.warning("%s did not stop in %.0fs; killing it", name, grace)
         for child in self.children:
             if child.process is not None:
                 _signal_group(child.process, signal.SIGKILL)  # any grandchildren left behind

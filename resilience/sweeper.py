@@ -42,18 +42,20 @@ import time
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from resilience import deadletter, unacked
+from resilience import alert_rules, deadletter, metrics, retrying, scheduler, unacked
 from resilience.connection import is_outage
+from resilience.executions import PUBLISH_HEADER
 from resilience.identity import hostname_of
 from resilience.keys import keys
 from resilience.locks import Lock
+from resilience.observe import guarded
 from resilience.quarantine import ARRAY, INTEGER, NUMBER, OBJECT, TEXT, Batch, Reply, Shape
 from resilience.runtime import app_or_bound, transport_options
-from resilience.platform_tasks import SWEEP_STUCK_JOBS, add_beat_entry
 from resilience.settings import Settings, get_settings
 from resilience.store import get_redis, load_script
+from resilience.task import ResilientTask
 
-__all__ = ["SweepReport", "sweep", "install", "TERMINATE_SIGNAL", "LOCK_NAME"]
+__all__ = ["SweepReport", "sweep", "register_control_command", "TERMINATE_SIGNAL", "LOCK_NAME"]
 
 log = logging.getLogger(__name__)
 
@@ -302,8 +304,6 @@ def _publish(app, entry: dict, job_id: str, *, retries: int, countdown: float) -
     if entry.get("idempotency_key"):
         headers["idempotency_key"] = entry["idempotency_key"]
     if entry.get("publish"):  # the same publish, put back: the execution guard runs it at most once
-        from resilience.executions import PUBLISH_HEADER
-
         headers[PUBLISH_HEADER] = entry["publish"]
     if headers:
         options["headers"] = headers
@@ -312,8 +312,6 @@ def _publish(app, entry: dict, job_id: str, *, retries: int, countdown: float) -
     if task is None:
         app.send_task(entry["task"], args=args, kwargs=kwargs, **options)
         return
-    from resilience import scheduler
-
     def plain(**overrides):
         return task.plain_apply_async(args, kwargs, **{**options, **overrides})
 
@@ -325,9 +323,6 @@ def _publish(app, entry: dict, job_id: str, *, retries: int, countdown: float) -
 
 # -- 3. jobs without progress -----------------------------------------------------------
 def _stop_stuck(app, r, k, settings: Settings, job_id: str, entry: dict, now: float, report: SweepReport) -> None:
-    from resilience import retrying
-    from resilience.task import ResilientTask
-
     task = app.tasks.get(entry.get("task")) or ResilientTask
     attempt = int(entry.get("attempt") or 0)
     timeout = float(entry.get("timeout") or settings.job_progress_timeout_sec)
@@ -409,22 +404,23 @@ def _record(report: SweepReport) -> None:
         log.warning("sweep statistics not recorded: %s", exc)
     if not report.acted:
         return
-    try:
-        from resilience.alerts import alert
-
-        alert(rule="stuck_jobs_recovered", subject="sweeper", level="warning",
-              title="Stuck jobs recovered",
-              message=(f"{len(report.restored)} orphaned messages restored, {len(report.requeued)} jobs of dead "
-                       f"workers requeued, {len(report.stopped)} jobs without progress stopped"),
-              component="sweeper",
-              context={"dead_workers": report.dead_workers,
-                       "jobs": [a.get("job_id") for a in report.restored + report.requeued + report.stopped]})
-    except Exception as exc:
-        log.warning("stuck-job alert not sent: %s", exc)
+    with guarded("sweep: stuck_jobs_recovered metric"):
+        for action, items in (("restored", report.restored), ("requeued", report.requeued)):
+            for item in items:
+                metrics.stuck_jobs_recovered.labels(task=item.get("task") or "unknown", action=action).inc()
+        for item in report.stopped:
+            metrics.stuck_jobs_recovered.labels(task=item.get("task") or "unknown",
+                                                action=item.get("outcome") or "stopped").inc()
+    with guarded("sweep: stuck_jobs_recovered alert"):
+        alert_rules.stuck_jobs_recovered(
+            report.acted, [str(a["job_id"]) for a in report.restored + report.requeued + report.stopped
+                           if a.get("job_id")],
+            subject="sweeper", restored=len(report.restored), requeued=len(report.requeued),
+            stopped=len(report.stopped), dead_workers=report.dead_workers)
 
 
 # -- worker side: the terminate command ------------------------------------------------
-def _register_control_command() -> None:
+def register_control_command() -> None:
     """``resilience_terminate``: kill the pool process running one job.
 
     Celery's ``revoke(terminate=True)`` would also put the job id on every
@@ -442,13 +438,3 @@ def _register_control_command() -> None:
                 log.warning("job %s stopped by the stuck-job sweep (%s)", job_id, signal)
                 return ok(f"terminated {job_id}")
         return nok(f"job {job_id} is not running here")
-
-
-def install(app, settings: Settings) -> None:
-    """Schedule the sweep on beat and register the terminate command."""
-    if not settings.feature_stuck_jobs:
-        return
-    _register_control_command()
-    interval = settings.stuck_sweep_interval_sec
-    add_beat_entry(app, settings, SWEEP_STUCK_JOBS, interval, expires=interval)
-

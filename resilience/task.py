@@ -27,15 +27,13 @@ from celery import Task
 from celery.exceptions import Ignore, Reject, Retry
 
 from resilience import connection, executions
-from resilience.errors import JobNotStarted, UnknownTaskOption
+from resilience.errors import CONTROL_FLOW, JobNotStarted, UnknownTaskOption
 from resilience.settings import get_settings
 
 __all__ = ["ResilientTask", "CONTROL_FLOW"]
 
 log = logging.getLogger(__name__)
 
-#: Celery's control-flow exceptions: never errors, never retried or tracked.
-CONTROL_FLOW = (Retry, Ignore, Reject)
 
 #: Options this platform adds to Celery's task options.
 RESILIENCE_OPTIONS = frozenset({

@@ -31,7 +31,6 @@ bug in the same place groups together across deploys and arguments.
 
 from __future__ import annotations
 
-import atexit
 import collections
 import hashlib
 import itertools
@@ -49,15 +48,17 @@ from dataclasses import dataclass
 from types import TracebackType
 from typing import Any
 
+from resilience import alert_rules, alerts
+from resilience.errors import CONTROL_FLOW
 from resilience.keys import keys
 from resilience.quarantine import INTEGER, NUMBER, OBJECT, TEXT, Bad, Batch, Shape, decode
 from resilience.redact import clip, redact_bounded, redact_text
-from resilience.settings import Settings, get_settings
+from resilience.settings import get_settings
 from resilience.store import get_redis, load_script
 
 __all__ = [
     "fingerprint", "normalise_message", "record_error", "flush", "patterns", "timeline",
-    "error_count_since", "install",
+    "error_count_since", "on_task_failure", "on_task_retry", "flush_at_exit",
 ]
 
 log = logging.getLogger(__name__)
@@ -359,15 +360,13 @@ def record_error(component: str, operation: str, error: BaseException | str, mes
 
 def _expected(task: Any, exc: BaseException | None) -> bool:
     """Celery control flow, or an error the task declares expected (``throws``)."""
-    from resilience.task import CONTROL_FLOW
-
     if exc is None or isinstance(exc, CONTROL_FLOW):
         return True
     throws = getattr(task, "throws", None) or ()
     return bool(throws) and isinstance(exc, tuple(throws))
 
 
-def _on_task_failure(sender=None, task_id=None, exception=None, args=None, kwargs=None, traceback=None,
+def on_task_failure(sender=None, task_id=None, exception=None, args=None, kwargs=None, traceback=None,
                      einfo=None, **_: Any) -> None:
     try:
         if _expected(sender, exception):
@@ -385,7 +384,7 @@ def _on_task_failure(sender=None, task_id=None, exception=None, args=None, kwarg
         log.warning("error tracking: task_failure handler failed: %s", exc)
 
 
-def _on_task_retry(sender=None, request=None, reason=None, einfo=None, **_: Any) -> None:
+def on_task_retry(sender=None, request=None, reason=None, einfo=None, **_: Any) -> None:
     try:
         exc = getattr(reason, "exc", None)  # the Retry's underlying error; None: a plain self.retry()
         if not isinstance(exc, BaseException) or _expected(sender, exc):
@@ -406,16 +405,7 @@ def _alert_job_failed(record: dict[str, Any]) -> None:
     settings = get_settings()
     if not settings.alert_on_job_failure:
         return
-    from resilience import alerts
-
-    alerts.alert(
-        "job_failed", record["fingerprint"], level="warning",
-        title=f"Job {record['task']} failed: {record['error_type']}",
-        message=record["error_message"], component="task",
-        context={"task": record["task"], "job_id": record["job_id"], "fingerprint": record["fingerprint"],
-                 "error_type": record["error_type"], "worker": record["worker"],
-                 "args": record["context"].get("args"), "kwargs": record["context"].get("kwargs")},
-    )
+    alert_rules.job_failed(record)
 
 
 # -- reading -------------------------------------------------------------------------------
@@ -428,7 +418,7 @@ def patterns(limit: int | None = None) -> list[dict[str, Any]]:
     raw = get_redis().hgetall(keys().errors_patterns)
     rows = []
     for pattern, value in raw.items():
-        component, _, rest = pattern.partition(":")
+        component, _, rest = str(pattern).partition(":")
         operation, _, error_type = rest.rpartition(":")
         count, problem = decode(value, INTEGER)
         row = {"pattern": pattern, "component": component, "operation": operation, "error_type": error_type,
@@ -459,36 +449,10 @@ def error_count_since(since: float) -> int:
 
 # -- wiring ----------------------------------------------------------------------------------
 
-def _flush_at_exit(**_: Any) -> None:
+def flush_at_exit(**_: Any) -> None:
     """Write what is buffered and give the alerts it raised a moment to go out."""
     try:
         flush()
-        from resilience import alerts
-
         alerts.flush(timeout=5.0)
     except Exception:  # noqa: BLE001 - exiting anyway
         pass
-
-
-def install(app: Any, settings: Settings) -> None:
-    """Wire error tracking, Sentry and webhook alerts (they feed each other) into ``app``.
-
-    Signal handlers connect once per process (``dispatch_uid``, ``weak=False``).
-    """
-    from resilience import alerts
-
-    alerts.install(app, settings)
-    if not settings.feature_error_tracking:
-        return
-    from celery import signals
-
-    signals.task_failure.connect(_on_task_failure, dispatch_uid="resilience.tracking.failure", weak=False)
-    signals.task_retry.connect(_on_task_retry, dispatch_uid="resilience.tracking.retry", weak=False)
-    signals.worker_process_shutdown.connect(_flush_at_exit, dispatch_uid="resilience.tracking.flush_child",
-                                            weak=False)
-    signals.worker_shutdown.connect(_flush_at_exit, dispatch_uid="resilience.tracking.flush_worker", weak=False)
-    atexit.register(_flush_at_exit)
-    if settings.sentry_dsn:
-        from resilience import sentry
-
-        sentry.install(app, settings)

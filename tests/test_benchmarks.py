@@ -251,7 +251,6 @@ def test_the_platform_scripts_are_named_by_their_sha1():
     import hashlib
 
     from benchmarks.profile_job import script_names
-
     from resilience.store import load_script
 
     assert script_names()[load_script("job_start").sha] == "job_start"

@@ -26,6 +26,7 @@ from resilience.cli import main
 from resilience.keys import keys
 from resilience.outage import _publish_spooled
 from resilience.testing import configure, free_port, wait_for
+
 OLD = time.time() - 3600
 DEAD = "dead@test|1"
 #: Wide enough that Rich never wraps a cell in these tests.

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from resilience import sentinel, spool
+from resilience import healthmonitor, sentinel, spool
 from resilience.errors import ReplicasBehind
 from resilience.replication import run_script
 from resilience.settings import get_settings
@@ -122,14 +122,14 @@ def test_a_new_primary_is_logged_counted_and_alerted_once(ha, caplog):
 
     with WebhookReceiver("failover-secret") as receiver, configure(alert_webhook_url=receiver.url,
                                                                    alert_webhook_secret="failover-secret"):
-        watch = sentinel.FailoverWatch()
+        watch = healthmonitor.FailoverWatch()
         counted = _failovers_counted()
         assert not watch.observe(ha.primary().address, ha.master_name)  # the starting point
         old = ha.kill_primary()
         new, _ = ha.wait_promoted(old)
         assert watch.observe(new.address, ha.master_name)
         assert not watch.observe(new.address, ha.master_name)
-        sentinel.FailoverWatch(primary=old.address).observe(new.address, ha.master_name)  # another process
+        healthmonitor.FailoverWatch(primary=old.address).observe(new.address, ha.master_name)  # another process
         assert _failovers_counted() == counted + 2
         assert alerts.flush(30)
         sent = [a for a in receiver.alerts if a.payload["context"].get("rule") == "redis_failover"]

@@ -9,12 +9,11 @@ import httpx
 
 from resilience import PermanentError
 from resilience.breaker import get_breaker
+from resilience.bundled.app import app
+from resilience.demo import DEMO_COUNTS
 from resilience.httpclient import BreakerClient
 from resilience.keys import keys
 from resilience.store import get_redis
-from resilience.bundled.app import app
-
-from resilience.demo import DEMO_COUNTS
 
 
 def _count(name: str) -> None:

@@ -22,6 +22,7 @@ import redis
 from resilience.cli.context import AppRef
 from resilience.errors import ConfigurationError, ResilienceError
 
+
 class _CommandGroup(click.Group):
     """A group whose failures are one line on stderr and an exit status, never a traceback."""
 

@@ -83,7 +83,6 @@ def command(ctx: click.Context, as_json: bool) -> None:
 @click.option("--json", "as_json", is_flag=True, help="Print JSON only.")
 def reset_command(name: str, as_json: bool) -> None:
     from resilience import breaker
-
     from resilience.display import visible
 
     before = breaker.reset(name)

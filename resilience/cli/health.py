@@ -71,8 +71,8 @@ def workers(as_json: bool, timeout: float) -> None:
     except (redis.ConnectionError, redis.TimeoutError) as err:
         _fail_unreachable(err)
         return
-    results = {}
-    for worker, raw in sorted(registered.items()):
+    results: dict[str, dict[str, object]] = {}
+    for worker, raw in sorted((str(name), value) for name, value in registered.items()):
         registration, problem = decode(raw, _REGISTRATION)
         if problem:
             results[worker] = {"status": "malformed registration", "problem": problem}
@@ -96,5 +96,5 @@ def workers(as_json: bool, timeout: float) -> None:
             failed = result.get("failed")
             failed = ", ".join(map(str, failed)) if isinstance(failed, list) else str(failed or "")
             detail = failed or result.get("error") or result.get("problem") or ""
-            click.echo(visible(f"{result.get('status', '?')!s:10} {worker}  {result.get('url', '')}  {detail}"))
+            click.echo(visible(f"{result.get('status', '?')!s:10} {worker!s}  {result.get('url', '')}  {detail}"))
     sys.exit(0 if healthy else 1)

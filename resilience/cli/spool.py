@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import time
+from typing import Any
 
 import click
 
@@ -39,7 +40,7 @@ def list_command(as_json: bool, limit: int = 50) -> None:
         pass
     total = spool.count()
     jobs, bad = spool.read(limit) if total else ([], [])
-    rows = [{"job_id": job.job_id, "task": job.task, "spooled_at": job.spooled_at,
+    rows: list[dict[str, Any]] = [{"job_id": job.job_id, "task": job.task, "spooled_at": job.spooled_at,
              "age_sec": round(time.time() - job.spooled_at, 1)} for job in jobs]
     # corrupt rows: the next flush moves them to the quarantine
     unreadable = [{"row": row.field, "problem": row.problem} for row in bad]

@@ -187,7 +187,7 @@ def resilience_worker_options() -> dict:
 @pytest.fixture
 def resilience_worker(resilience_app, resilience_worker_options):
     """A real worker in a thread of the test process, for the test's duration."""
-    from resilience.runtime import queue_names
+    from resilience.queues import queue_names
     from resilience.testing import in_process_worker
 
     options = {"queues": queue_names(resilience_app), **resilience_worker_options}
@@ -198,7 +198,7 @@ def resilience_worker(resilience_app, resilience_worker_options):
 @pytest.fixture
 def resilience_subprocess_worker(resilience_app, resilience_app_spec, pytestconfig, tmp_path):
     """Start real worker processes of your app that a test can kill (``worker.kill()``)."""
-    from resilience.runtime import queue_names
+    from resilience.queues import queue_names
     from resilience.testing import SubprocessWorker
 
     if not resilience_app_spec:

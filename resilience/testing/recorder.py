@@ -137,7 +137,7 @@ def _delay(when: Any) -> float | None:
     if when is None:
         return None
     if isinstance(when, dt.datetime):
-        eta = when if when.tzinfo else when.replace(tzinfo=dt.timezone.utc)
+        eta = when if when.tzinfo else when.replace(tzinfo=dt.UTC)
         return round(eta.timestamp() - time.time(), 3)
     try:
         return float(when)

@@ -52,7 +52,8 @@ class PrivateRedis(RedisServerProcess):
         self.kill()
         if down_for:
             hold_outage(down_for)
-        return self.restart()
+        self.restart()
+        return self
 
     def ensure_running(self) -> PrivateRedis:
         """Thaw it if frozen, start it if it was stopped or killed."""

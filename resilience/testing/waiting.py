@@ -11,7 +11,7 @@ __all__ = ["hold_outage", "wait_for"]
 T = TypeVar("T")
 
 
-def wait_for(predicate: Callable[[], T], timeout: float = 10.0, interval: float = 0.05,
+def wait_for(predicate: Callable[[], T | None], timeout: float = 10.0, interval: float = 0.05,
              message: str | Callable[[], str] = "condition") -> T:
     """Poll ``predicate`` until it returns a truthy value; fail after ``timeout`` s.
 

@@ -113,7 +113,7 @@ class SubprocessWorker:
         """Signal the main process only (SIGKILL: its pool children die with it)."""
         if self.alive():
             os.kill(self.pid, sig)
-            if sig == signal.SIGKILL:
+            if sig == signal.SIGKILL and self.process is not None:
                 self.process.wait(10)
                 self._kill_group()
 

@@ -2,7 +2,7 @@
 
 The record is kept outside Redis on purpose: a test that kills Redis must
 count runs somewhere the outage cannot lose them. Subprocess workers load this
-module with ``-I tests.outage_jobs``.
+module with ``-I tests.jobs.outage``.
 """
 
 from __future__ import annotations

@@ -60,5 +60,6 @@ def fail_transient(self, times: int = 99) -> str:
 def whoami(self) -> dict:
     """The request as the job sees it (hostname, delivery tag, idempotency key)."""
     properties = getattr(self.request, "properties", None) or {}
-    return {"hostname": self.request.hostname, "worker": getattr(self.request, "resilience_worker", None), "delivery_tag": properties.get("delivery_tag"),
+    return {"hostname": self.request.hostname, "worker": getattr(self.request, "resilience_worker", None),
+            "delivery_tag": properties.get("delivery_tag"),
             "idempotency_key": getattr(self.request, "idempotency_key", None)}

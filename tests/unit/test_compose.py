@@ -9,7 +9,7 @@ import yaml
 
 from resilience.settings import env_fields
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 COMPOSE = yaml.safe_load((ROOT / "compose.yaml").read_text())
 KNOWN = {f.metadata["env"] for f in env_fields()}
 

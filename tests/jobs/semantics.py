@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
+from celery import group
 from pydantic import BaseModel
 
-from celery import group
 from resilience import PermanentError
 from resilience.keys import keys
 from resilience.store import get_redis

@@ -15,9 +15,9 @@ import httpx
 import pytest
 
 from resilience import alerts
-from resilience.localserver import LocalHTTPServer, QuietHandler
 from resilience.settings import get_settings
-from resilience.webhook_receiver import WebhookReceiver
+from resilience.testing.localserver import LocalHTTPServer, QuietHandler
+from resilience.testing.webhook_receiver import WebhookReceiver
 
 SECRET = "whsec-test-secret"
 PAYLOAD = {"level": "warning", "title": "Backlog", "message": "depth 10001", "component": "queue",

@@ -1,0 +1,170 @@
+"""The import graph of the library, read from its source with ``ast``: no cycles, and the layers hold.
+
+The layers, lowest first, are documented in docs/architecture.md; a module may
+import modules of its own layer or of lower ones, never of a higher one. An
+import inside a function counts like one at the top (it is a dependency all the
+same), except under ``if TYPE_CHECKING:``.
+"""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+PACKAGE = Path(__file__).resolve().parents[2] / "resilience"
+
+#: Lowest first. Every module of the library belongs to exactly one layer.
+LAYERS: dict[str, set[str]] = {
+    "foundation": {
+        "errors", "settings", "keys", "redact", "backoff", "identity", "localfiles", "runtime", "observe",
+        "embedded", "connection", "store", "locks", "quarantine", "display", "logredact", "logconfig",
+        "platform_tasks", "bounded", "queues", "sentinel", "replication",
+    },
+    "observability": {"metrics", "alerts", "alert_rules", "tracking", "sentry"},
+    "features": {
+        # jobs
+        "task", "submission", "executions", "retrying", "scheduler", "idempotency", "request", "republish",
+        # kombu extensions
+        "reconnect", "handover", "unacked", "resultbackend", "events",
+        # dead letters, breakers, recovery, outage
+        "deadletter", "breaker", "httpclient", "heartbeat", "sweeper", "outage", "spool", "pending_writes",
+        # health
+        "health", "healthserver", "healthmonitor", "beatprobe", "status",
+    },
+    "wiring": {"features", "install", "__init__"},
+    # cutproxy, flakyapi, localserver and webhook_receiver: the former paths of
+    # resilience.testing's helpers, aliases of the same modules.
+    "platform": {"supervisor", "demo", "cli", "testing", "bundled", "cutproxy", "flakyapi", "localserver",
+                 "webhook_receiver"},
+}
+
+
+def _module_name(path: Path) -> str:
+    parts = list(path.relative_to(PACKAGE.parent).with_suffix("").parts)
+    if parts[-1] == "__init__":
+        parts.pop()
+    return ".".join(parts)
+
+
+def modules() -> dict[str, Path]:
+    return {_module_name(path): path for path in sorted(PACKAGE.rglob("*.py"))}
+
+
+def _is_type_checking(node: ast.AST) -> bool:
+    return isinstance(node, ast.If) and "TYPE_CHECKING" in ast.unparse(node.test)
+
+
+def imports_of(name: str, path: Path, known: set[str]) -> set[str]:
+    """The project modules ``name`` imports (``from pkg import mod`` counts as ``pkg.mod``)."""
+    package = name if path.name == "__init__.py" else name.rpartition(".")[0]
+    found: set[str] = set()
+
+    def resolve(target: str) -> str | None:
+        while target and target not in known:
+            target = target.rpartition(".")[0]
+        return target or None
+
+    def visit(node: ast.AST) -> None:
+        for child in ast.iter_child_nodes(node):
+            if _is_type_checking(child):
+                continue
+            if isinstance(child, ast.Import):
+                found.update(filter(None, (resolve(alias.name) for alias in child.names)))
+            elif isinstance(child, ast.ImportFrom):
+                base = child.module or ""
+                if child.level:
+                    anchor = package.split(".")[: len(package.split(".")) - child.level + 1]
+                    base = ".".join([*anchor, base] if base else anchor)
+                for alias in child.names:
+                    full = f"{base}.{alias.name}"
+                    found.add(full if full in known else resolve(base) or "")
+            visit(child)
+
+    visit(ast.parse(path.read_text(), filename=str(path)))
+    return {target for target in found if target and target != name and target.startswith("resilience")}
+
+
+def graph() -> dict[str, set[str]]:
+    mods = modules()
+    return {name: imports_of(name, path, set(mods)) for name, path in mods.items()}
+
+
+def layer_of(module: str) -> int:
+    short = module.removeprefix("resilience").lstrip(".") or "__init__"
+    head = short.split(".")[0]
+    for index, members in enumerate(LAYERS.values()):
+        if short in members or head in members:
+            return index
+    raise AssertionError(f"{module} belongs to no layer: add it to LAYERS and to docs/architecture.md")
+
+
+def cycles(edges: dict[str, set[str]]) -> list[list[str]]:
+    """Strongly connected components of more than one module (Tarjan)."""
+    index: dict[str, int] = {}
+    low: dict[str, int] = {}
+    stack: list[str] = []
+    on_stack: set[str] = set()
+    found: list[list[str]] = []
+
+    def connect(node: str) -> None:
+        index[node] = low[node] = len(index)
+        stack.append(node)
+        on_stack.add(node)
+        for target in sorted(edges.get(node, ())):
+            if target not in index:
+                connect(target)
+                low[node] = min(low[node], low[target])
+            elif target in on_stack:
+                low[node] = min(low[node], index[target])
+        if low[node] == index[node]:
+            component = []
+            while True:
+                member = stack.pop()
+                on_stack.discard(member)
+                component.append(member)
+                if member == node:
+                    break
+            if len(component) > 1:
+                found.append(sorted(component))
+
+    for node in sorted(edges):
+        if node not in index:
+            connect(node)
+    return found
+
+
+def test_every_module_belongs_to_a_layer():
+    for module in modules():
+        layer_of(module)
+
+
+def test_there_is_no_import_cycle_between_project_modules():
+    assert cycles(graph()) == []
+
+
+def test_no_module_imports_a_higher_layer():
+    names = list(LAYERS)
+    wrong = [f"{source} ({names[layer_of(source)]}) imports {target} ({names[layer_of(target)]})"
+             for source, targets in sorted(graph().items()) for target in sorted(targets)
+             if layer_of(target) > layer_of(source)]
+    assert wrong == []
+
+
+def test_the_foundation_imports_no_feature():
+    foundation = LAYERS["foundation"]
+    for source, targets in graph().items():
+        if layer_of(source) == 0:
+            assert {t.removeprefix("resilience.") for t in targets} <= foundation, source
+
+
+def test_the_cycle_finder_finds_a_cycle():
+    assert cycles({"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}}) == [["a", "b", "c"]]
+
+
+def test_the_architecture_document_names_every_module_in_its_layer():
+    text = (PACKAGE.parent / "docs" / "architecture.md").read_text()
+    rows = {line.split("|")[1].strip(): line for line in text.splitlines() if line.startswith("| ") and ". " in line}
+    for index, (layer, members) in enumerate(LAYERS.items(), start=1):
+        row = rows[f"{index}. {layer}"]
+        for module in members - {"__init__"}:
+            assert f"`{module}`" in row, f"docs/architecture.md: {module} is not listed in the {layer} layer"
