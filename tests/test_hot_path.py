@@ -80,7 +80,7 @@ def _kill_at(app, r, log_dir, point: str, expected_status: str) -> tuple[str, ob
     """Run tests.add(20, 22) on a worker killed at ``point``, then on a survivor; return its id and result."""
     job_id = str(uuid.uuid4())
     with configure(**TIGHT):
-        doomed = SubprocessWorker(log_dir, name="doomed@test", include=["tests.crash_points"],
+        doomed = SubprocessWorker(log_dir, name="doomed@test", include=["tests.jobs.crash_points"],
                                   env={point: job_id}).start().wait_ready(120)
         survivor = None
         try:

@@ -81,7 +81,7 @@ def test_a_publish_the_replicas_do_not_confirm_stays_in_the_spool_until_they_do(
         node.kill()
     env = {**os.environ, "REDIS_MIN_REPLICAS_ACK": "1", "REDIS_REPLICA_ACK_TIMEOUT_MS": "200",
            "PYTHONPATH": str(CHECKOUT)}
-    done = subprocess.run([sys.executable, "-m", "tests.sentinel_jobs", str(tmp_path / "marks"),
+    done = subprocess.run([sys.executable, "-m", "tests.jobs.sentinel", str(tmp_path / "marks"),
                            str(tmp_path / "ids"), "1"], env=env, cwd=CHECKOUT, capture_output=True, timeout=120)
     assert done.returncode == 0, done.stderr.decode()[-2000:]
     assert spool.count() == 1  # accepted by the caller, not confirmed: kept on disk

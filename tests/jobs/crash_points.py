@@ -1,4 +1,4 @@
-"""Loaded into a subprocess worker (``-I tests.crash_points``) to kill it at one exact point.
+"""Loaded into a subprocess worker (``-I tests.jobs.crash_points``) to kill it at one exact point.
 
 ``TEST_KILL_AFTER_FINISH_JOB=<job id>``: right after the pool process has
 recorded that job done (``executions.finish_job``, the step that also stores

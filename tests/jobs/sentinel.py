@@ -2,8 +2,8 @@
 
 Each run appends ``<job id> <epoch seconds>`` to a local file, outside Redis,
 so a failover cannot lose the count; the time tells when processing resumed.
-Subprocess workers load this module with ``-I tests.sentinel_jobs``; the
-producer runs as ``python -m tests.sentinel_jobs <marks> <ids> <count>``.
+Subprocess workers load this module with ``-I tests.jobs.sentinel``; the
+producer runs as ``python -m tests.jobs.sentinel <marks> <ids> <count>``.
 """
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ import sys
 import time
 
 from tasks.app import app
-from tests.outage_jobs import append_line
+from tests.jobs.outage import append_line
 
 
 @app.task(bind=True, name="tests.sentinel.mark")
