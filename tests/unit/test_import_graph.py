@@ -160,3 +160,22 @@ def test_the_architecture_document_names_every_module_in_its_layer():
         assert f"`{package}/`" in row, f"docs/architecture.md: {package}/ is not in its layer's row"
         if name and package not in {"cli", "testing", "bundled"} and name != "__init__":
             assert f"`{name}`" in row, f"docs/architecture.md: {package}.{name} is not in its layer's row"
+
+
+def test_the_library_imports_its_modules_by_their_current_paths():
+    """The former flat paths (resilience/_aliases.py) are for users; inside the library they would hide the
+    real dependency (this test's graph would see the package, not the module). Rewrite
+    ``resilience.<old>`` as ``resilience.<ALIASES[old]>``."""
+    from resilience._aliases import ALIASES
+
+    former = {f"resilience.{old}" for old in ALIASES if old != "install"}
+    found = []
+    for name, path in modules().items():
+        for node in ast.walk(ast.parse(path.read_text(), filename=str(path))):
+            targets = []
+            if isinstance(node, ast.Import):
+                targets = [alias.name for alias in node.names]
+            elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+                targets = [node.module, *(f"{node.module}.{alias.name}" for alias in node.names)]
+            found += [f"{name}: {target}" for target in targets if target in former]
+    assert found == []
