@@ -14,7 +14,7 @@ Each :class:`Feature` declares, in one place, everything it adds to an app:
 * :meth:`Feature.configure`: anything else it changes on the app then.
 
 Every hook is a no-op by default, so a feature states only what it uses.
-:func:`resilience.install.install` walks :data:`FEATURES` and nothing else:
+:func:`resilience.platform.install.install` walks :data:`FEATURES` and nothing else:
 no feature installs another. Features are independent of one another; where
 one feeds another (tracking feeds alerts, the outage feature feeds health),
 it does so through a documented function of the other's module, never by
