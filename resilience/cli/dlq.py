@@ -1,8 +1,8 @@
 """``resilience dlq``: list, show, replay, purge and count dead-lettered jobs.
 
-A thin layer over :mod:`resilience.deadletter`; every subcommand takes
+A thin layer over :mod:`resilience.jobs.deadletter`; every subcommand takes
 ``--json`` and then prints JSON only. Malformed entries are shown as such and
-never stop a command; entry data is shown as text (:mod:`resilience.display`).
+never stop a command; entry data is shown as text (:mod:`resilience.core.display`).
 ``dlq replay`` exits 1 when it refused an entry (its arguments were cut when
 it was stored, or its queue is not the app's).
 """
@@ -14,9 +14,9 @@ from typing import Any
 
 import click
 
-from resilience import deadletter
 from resilience.cli.context import use_app
-from resilience.display import cell, visible
+from resilience.core.display import cell, visible
+from resilience.jobs import deadletter
 
 
 def _filters(func):

@@ -15,7 +15,7 @@ from typing import Any
 import click
 
 from resilience.cli.context import use_app
-from resilience.display import visible
+from resilience.core.display import visible
 
 
 @click.group(name="spool", invoke_without_command=True,
@@ -31,8 +31,8 @@ def command(ctx: click.Context, as_json: bool) -> None:
 @click.option("--limit", default=50, show_default=True, type=click.IntRange(min=0), help="Most jobs to show.")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON only.")
 def list_command(as_json: bool, limit: int = 50) -> None:
-    from resilience import spool
-    from resilience.errors import RedisNotRunning
+    from resilience.core.errors import RedisNotRunning
+    from resilience.outages import spool
 
     try:
         use_app()  # the app's data dir; listing needs no Redis
@@ -58,8 +58,8 @@ def list_command(as_json: bool, limit: int = 50) -> None:
 @command.command(name="flush", help="Publish the spooled jobs now, oldest first, through the app (-A).")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON only.")
 def flush_command(as_json: bool) -> None:
-    from resilience import spool
-    from resilience.outage import Flusher
+    from resilience.outages import spool
+    from resilience.outages.outage import Flusher
 
     app = use_app()
     sent = Flusher(app).flush_once()

@@ -1,7 +1,7 @@
 """Test helpers shipped with the library, so users test their tasks as we test ours.
 
 * :func:`wait_for` waits on a condition with a deadline (never sleep to synchronise);
-* :class:`~resilience.embedded.RedisServerProcess` is a private redis-server
+* :class:`~resilience.core.embedded.RedisServerProcess` is a private redis-server
   that a test can stop, kill (SIGKILL), freeze (SIGSTOP) and restart;
   :class:`PrivateRedis` is one that loses nothing it acknowledged when killed,
   with ``crash()`` to kill and restart it;
@@ -22,7 +22,7 @@ fixtures. Each helper lives in a module of its own; this package is the place
 to import them from.
 """
 
-from resilience.embedded import RedisServerProcess, find_redis_binary, free_port
+from resilience.core.embedded import RedisServerProcess, find_redis_binary, free_port
 from resilience.testing.config import configure, settings_env
 from resilience.testing.jobs import JobInspector
 from resilience.testing.recorder import RetryRecord

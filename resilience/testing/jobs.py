@@ -21,8 +21,8 @@ import re
 from collections.abc import Sequence
 from typing import Any
 
-from resilience import deadletter, executions
-from resilience.settings import get_settings
+from resilience.core.settings import get_settings
+from resilience.jobs import deadletter, executions
 from resilience.testing import recorder
 from resilience.testing.recorder import RetryRecord
 from resilience.testing.waiting import wait_for
@@ -100,7 +100,7 @@ class JobInspector:
 
         def finished() -> bool:
             if sweep:
-                from resilience import sweeper
+                from resilience.recovery import sweeper
 
                 sweeper.sweep(self.app)
             return self.finished(job_id)

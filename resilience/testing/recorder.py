@@ -35,8 +35,8 @@ from typing import Any
 
 from celery import signals
 
-from resilience.keys import keys
-from resilience.store import get_redis
+from resilience.core.keys import keys
+from resilience.core.store import get_redis
 
 __all__ = ["RetryRecord", "enable", "disable", "runs", "retries", "runs_key", "retries_key"]
 

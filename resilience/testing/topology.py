@@ -26,10 +26,10 @@ from pathlib import Path
 
 import redis
 
-from resilience.embedded import RedisServerProcess, find_redis_binary, free_port
-from resilience.errors import EmbeddedRedisError
-from resilience.localfiles import private_dir
-from resilience.settings import load_settings
+from resilience.core.embedded import RedisServerProcess, find_redis_binary, free_port
+from resilience.core.errors import EmbeddedRedisError
+from resilience.core.localfiles import private_dir
+from resilience.core.settings import load_settings
 from resilience.testing.waiting import wait_for
 
 __all__ = ["RedisNode", "SentinelNode", "SentinelTopology"]

@@ -4,7 +4,7 @@ It listens on 127.0.0.1 (port 0 picks a free one) in a daemon thread, keeps
 every alert it receives with whether it verified, and answers 200 (or
 ``status`` if set, to play a failing receiver). It verifies as a receiver
 should: the timestamped signature, with replay protection
-(:func:`resilience.alerts.verify_request`, ``tolerance_sec``).
+(:func:`resilience.observability.alerts.verify_request`, ``tolerance_sec``).
 """
 
 from __future__ import annotations
@@ -14,8 +14,8 @@ import threading
 from dataclasses import dataclass, field
 from typing import Any
 
-from resilience.alerts import DEFAULT_TOLERANCE_SEC, SIGNATURE_HEADER, verify_request
-from resilience.settings import get_settings, reset_settings
+from resilience.core.settings import get_settings, reset_settings
+from resilience.observability.alerts import DEFAULT_TOLERANCE_SEC, SIGNATURE_HEADER, verify_request
 from resilience.testing.localserver import LocalHTTPServer, QuietHandler
 
 __all__ = ["ReceivedAlert", "WebhookReceiver"]
