@@ -17,7 +17,7 @@ from resilience.errors import ReplicasBehind
 from resilience.replication import run_script
 from resilience.settings import get_settings
 from resilience.store import get_redis, load_script
-from resilience.testing import SentinelTopology, configure, wait_for
+from resilience.testing import SentinelTopology, configure, flushing_paused, wait_for
 
 pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("sentinel-failover")]
 
@@ -81,10 +81,11 @@ def test_a_publish_the_replicas_do_not_confirm_stays_in_the_spool_until_they_do(
         node.kill()
     env = {**os.environ, "REDIS_MIN_REPLICAS_ACK": "1", "REDIS_REPLICA_ACK_TIMEOUT_MS": "200",
            "PYTHONPATH": str(CHECKOUT)}
-    done = subprocess.run([sys.executable, "-m", "tests.jobs.sentinel", str(tmp_path / "marks"),
-                           str(tmp_path / "ids"), "1"], env=env, cwd=CHECKOUT, capture_output=True, timeout=120)
-    assert done.returncode == 0, done.stderr.decode()[-2000:]
-    assert spool.count() == 1  # accepted by the caller, not confirmed: kept on disk
+    with flushing_paused():  # no flusher of this process (its settings ask no replica) publishes it meanwhile
+        done = subprocess.run([sys.executable, "-m", "tests.jobs.sentinel", str(tmp_path / "marks"),
+                               str(tmp_path / "ids"), "1"], env=env, cwd=CHECKOUT, capture_output=True, timeout=120)
+        assert done.returncode == 0, done.stderr.decode()[-2000:]
+        assert spool.count() == 1  # accepted by the caller, not confirmed: kept on disk
     primary = ha.primary().client()
     for node in replicas:
         ha.restart(node)

@@ -28,12 +28,12 @@ from resilience.testing.jobs import JobInspector
 from resilience.testing.recorder import RetryRecord
 from resilience.testing.servers import PrivateRedis, start_private_redis
 from resilience.testing.topology import SentinelTopology
-from resilience.testing.waiting import hold_outage, wait_for
+from resilience.testing.waiting import flushing_paused, hold_outage, wait_for
 from resilience.testing.workers import SubprocessWorker, in_process_worker, worker_health_url
 
 __all__ = [
     "JobInspector", "PrivateRedis", "RedisServerProcess", "RetryRecord", "SentinelTopology", "SubprocessWorker",
     "configure",
-    "find_redis_binary", "free_port", "hold_outage", "in_process_worker", "settings_env",
+    "find_redis_binary", "flushing_paused", "free_port", "hold_outage", "in_process_worker", "settings_env",
     "start_private_redis", "wait_for", "worker_health_url",
 ]
