@@ -109,3 +109,17 @@ def test_a_readonly_reply_and_unconfirmed_replicas_count_as_outages():
     assert is_outage(ReadOnlyError("You can't write against a read only replica."))
     assert is_outage(ReplicasBehind("publish", 0, 1, 500))
     assert not isinstance(ReplicasBehind("publish", 0, 1, 500), OSError)
+
+
+def test_a_sentinel_broker_keeps_its_transport_when_a_connection_attempt_fails(monkeypatch):
+    from kombu import Connection
+
+    monkeypatch.setenv("REDIS_SENTINEL_MASTER", "mymaster")
+    app = Celery("sentinel-failover-strategy", set_as_current=False)
+    app.conf.broker_url = SENTINELS
+    sentinel.install(app, load_settings())
+    conn = Connection(SENTINELS, transport="resilience.replication:SentinelTransport",
+                      failover_strategy=app.conf.broker_failover_strategy)
+    conn.maybe_switch_next()  # what kombu does after a failed attempt
+    assert conn.transport_cls == "resilience.replication:SentinelTransport"
+    assert len(conn.alt) == 3  # the sentinel transport still finds every sentinel

@@ -202,14 +202,42 @@ def _primary_offset(primary: tuple[str, int], target: SentinelURL, timeout: floa
         client.close()
 
 
+class NoSwitch:
+    """kombu failover strategy for a Sentinel broker URL: never switch to another "alternate".
+
+    kombu treats each ``;``-separated URL as an alternate broker and, after a
+    failed connection attempt, switches to the next one, rebuilding the
+    connection from that URL alone: the transport Celery was configured with
+    (``broker_transport``, the replica-acknowledging one) is replaced by the
+    URL's scheme. Under Sentinel the alternates are the sentinels, which the
+    transport already asks for the primary, so there is nothing to switch to.
+    kombu switches only while its strategy object is truthy; this one never is.
+    """
+
+    def __init__(self, alternates=None) -> None:
+        self.alternates = alternates
+
+    def __iter__(self):
+        return self
+
+    def __next__(self):
+        return None
+
+    def __bool__(self) -> bool:
+        return False
+
+
 def install(app, settings: Settings) -> None:
     """Give ``app``'s broker and result backend the Sentinel options they need when they name sentinels.
 
     Only what is missing is filled in (``master_name`` and ``sentinel_kwargs``
-    in ``broker_transport_options`` and ``result_backend_transport_options``),
-    so an app that configures them itself keeps its own.
+    in ``broker_transport_options`` and ``result_backend_transport_options``,
+    and :class:`NoSwitch` as ``broker_failover_strategy``), so an app that
+    configures them itself keeps its own.
     """
     conf = app.conf
+    if is_sentinel_url(conf.get("broker_url")) and not conf.get("broker_failover_strategy"):
+        conf["broker_failover_strategy"] = NoSwitch
     for url_key, options_key in (("broker_url", "broker_transport_options"),
                                  ("result_backend", "result_backend_transport_options")):
         if not is_sentinel_url(conf.get(url_key)):

@@ -249,6 +249,29 @@ class SentinelTopology:
         node.kill()
         return node
 
+    def kill_primary_with_replicas_behind(self, lag_sec: float) -> RedisNode:
+        """SIGKILL the primary after ``lag_sec`` during which its replicas received nothing.
+
+        The replicas are given a wrong ``masterauth`` and their links to the primary are cut
+        (``CLIENT KILL TYPE replica``): they cannot resynchronise, so what the primary takes
+        in that time never leaves it. After the kill the replicas get their setting back.
+        ``lag_sec`` is the scenario's replication lag, not a wait for a condition.
+        """
+        from resilience.testing.waiting import hold_outage
+
+        primary = self.primary()
+        replicas = [node for node in self.nodes if node is not primary and node.ping()]
+        for node in replicas:
+            _config_set(node, "masterauth", "partitioned-from-the-primary")
+        try:
+            _client_kill_replicas(primary)
+            hold_outage(lag_sec)
+            primary.kill()
+        finally:
+            for node in replicas:
+                _config_set(node, "masterauth", "")
+        return primary
+
     def wait_promoted(self, old: RedisNode, timeout: float = 30.0) -> tuple[RedisNode, float]:
         """Wait until the sentinels name another primary and it says it is one.
 
@@ -279,3 +302,19 @@ class SentinelTopology:
             raise EmbeddedRedisError(f"redis-server on {node.port} did not come back")
         self.wait_replicas_in_sync(timeout)
         return node
+
+
+def _config_set(node: RedisNode, name: str, value: str) -> None:
+    client = node.client()
+    try:
+        client.config_set(name, value)
+    finally:
+        client.close()
+
+
+def _client_kill_replicas(node: RedisNode) -> None:
+    client = node.client()
+    try:
+        client.client_kill_filter(_type="replica")
+    finally:
+        client.close()

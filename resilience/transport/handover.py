@@ -15,8 +15,11 @@ The worker's consumer connection therefore uses :class:`HandoverQoS`:
   kombu envelope) in this process's hand-over list before the error goes on;
 * ``restore_unacked`` while the broker is down keeps the prefetched messages
   that are not running, instead of trying a dead connection;
-* ``reject(requeue=True)`` that cannot reach Redis (a job that could not
-  start, :class:`~resilience.core.errors.JobNotStarted`) keeps the message too;
+* ``reject(requeue=True)`` (a job that could not start,
+  :class:`~resilience.core.errors.JobNotStarted`) puts the message back from its
+  ``unacked`` entry, or from the message itself when the entry is gone (a
+  Sentinel failover can keep a message's pop and lose its entry); when Redis
+  cannot be reached it keeps the message too;
 * once the consumer is connected again, :func:`restore_pending` puts them back
   on their queues through :func:`resilience.transport.unacked.restore`: a message still
   in ``unacked`` only if its entry is unchanged, a message never recorded only
@@ -62,15 +65,18 @@ __all__ = ["HandoverQoS", "HandoverChannelMixin", "use_on", "keep", "pending", "
 
 
 _lock = threading.Lock()
-#: delivery tag -> the ``[payload, exchange, routing key]`` envelope of a message
-#: never recorded in ``unacked``, or None for one that is (put back from its entry).
+#: delivery tag -> the ``[payload, exchange, routing key]`` envelope of the message, pushed
+#: only if ``unacked`` has no entry for it (None: put back from its entry or not at all).
 _held: dict[str, list | None] = {}
 
 
 def keep(tag: str, envelope: list | None = None) -> None:
     """Hold a message this worker could not keep in Redis until it can be put back.
 
-    ``envelope`` only for a message kombu never recorded in ``unacked``.
+    It goes back from its ``unacked`` entry when there is one; ``envelope`` (the
+    message as this worker received it) is pushed only while there is none: a
+    message kombu never recorded, or whose record a Sentinel failover lost
+    together with its pop.
     """
     with _lock:
         _held[str(tag)] = envelope
@@ -153,6 +159,7 @@ class HandoverQoS(kombu_redis.QoS):
             raise
 
     def ack(self, delivery_tag):
+        self._remembered().pop(str(delivery_tag), None)
         if int(getattr(self.channel, "min_replicas_ack", 0) or 0):
             return self._confirmed_ack(delivery_tag)
         try:
@@ -166,6 +173,44 @@ class HandoverQoS(kombu_redis.QoS):
                 client.zrem(self.unacked_index_key, delivery_tag)
             virtual.QoS.ack(self, delivery_tag)
             return None
+
+    def _envelope_of(self, delivery_tag) -> list | None:
+        """The envelope of a message this channel delivered (kept with its tag in the hand-over list).
+
+        It is pushed only if ``unacked`` has no entry for the tag when the message goes back:
+        after a Sentinel failover the promoted replica may have the message's pop but not its
+        ``unacked`` entry, and without the envelope the message would be gone.
+        """
+        message = self._delivered.get(delivery_tag)
+        if message is None:
+            return self._remembered().get(str(delivery_tag))
+        try:
+            return _envelope(message)
+        except (AttributeError, KeyError, TypeError):
+            return None
+
+    def _remembered(self) -> dict[str, list]:
+        """Envelopes of the messages that were running when the connection was lost (their
+        reject may come after kombu forgot them)."""
+        return self.__dict__.setdefault("_resilience_envelopes", {})
+
+    def _requeue(self, delivery_tag, envelope: list) -> None:
+        """Put a message back that did not start: from its ``unacked`` entry, else from its envelope.
+
+        kombu's own requeue restores only from the entry; after a Sentinel failover the
+        promoted replica may have the message's pop without its entry, and the message
+        would be dropped. Redis unreachable: the message is handed over instead.
+        """
+        self._remembered().pop(str(delivery_tag), None)
+        try:
+            unacked.restore(get_redis(), [unacked.Candidate(str(delivery_tag), fallback=envelope)],
+                            transport_options(app_or_bound(None)))
+        except Exception as err:
+            if not connection.is_outage(err):
+                raise
+            keep(delivery_tag, envelope)
+            log.warning("broker unreachable: message %s will go back on its queue on reconnect", delivery_tag)
+        virtual.QoS.ack(self, delivery_tag)
 
     def _confirmed_ack(self, delivery_tag):
         """The ack followed by WAIT (replica acknowledgement, :mod:`resilience.core.replication`).
@@ -188,13 +233,16 @@ class HandoverQoS(kombu_redis.QoS):
             log.warning("%s", err)
 
     def reject(self, delivery_tag, requeue=False):
+        envelope = self._envelope_of(delivery_tag) if requeue else None
+        if envelope is not None:
+            return self._requeue(delivery_tag, envelope)
         try:
             return super().reject(delivery_tag, requeue=requeue)
         except _unreachable(self.channel):
             if not requeue:
                 raise
         # The message stays in ``unacked``: hand it over instead of failing the requeue.
-        keep(delivery_tag)
+        keep(delivery_tag, self._envelope_of(delivery_tag))
         virtual.QoS.ack(self, delivery_tag)
         log.warning("broker unreachable: message %s will go back on its queue on reconnect", delivery_tag)
         return None
@@ -209,8 +257,12 @@ class HandoverQoS(kombu_redis.QoS):
         kept = 0
         for tag in list(self._delivered):
             if str(tag) not in running:
-                keep(tag)
+                keep(tag, self._envelope_of(tag))
                 kept += 1
+            else:
+                envelope = self._envelope_of(tag)
+                if envelope is not None:
+                    self._remembered()[str(tag)] = envelope
         self._delivered.clear()
         if kept:
             log.warning("broker unreachable: keeping %d prefetched message(s) to put back on reconnect", kept)

@@ -7,7 +7,10 @@ messages a worker received but could not keep across a broker connection
 loss). Both go through :func:`restore`, one Lua step per message
 (``lua/unacked_restore.lua``) that compares the ``unacked`` entry with what
 the caller read first, so two restorers, or a restorer racing a late ack,
-never push a message twice.
+never push a message twice. With replica acknowledgement on
+(``REDIS_MIN_REPLICAS_ACK``), the pushes are followed by ``WAIT`` and
+:class:`~resilience.errors.ReplicasBehind` is raised when too few replicas
+confirm them: the caller keeps the messages and puts them back again.
 
 Queue and priority are resolved like kombu's ``_do_restore_message``: the
 exchange's bindings name the queue, the message's priority picks the
@@ -111,10 +114,27 @@ def restore(r, candidates: list[Candidate], transport_options: dict | None = Non
                args=[candidate.tag, expected, json.dumps(payload), candidate.job_id, candidate.owner],
                client=pipe)
         queued.append((Restored(candidate, queue, payload), Reply(queue_key, "list", 0)))
-    pushed = batch.execute(pipe, [read for _, read in queued]) if queued else []
+    reads = [read for _, read in queued]
+    wanted, timeout_ms = _replicas_wanted()
+    if queued and wanted:  # on the same connection: the replicas have these pushes, or they may be lost
+        pipe.wait(wanted, timeout_ms)
+        reads.append(Reply("", "wait", 0))
+    pushed = batch.execute(pipe, reads) if queued else []
     if own:
         batch.flush(r)
+    if queued and wanted:
+        from resilience.core.replication import confirm
+
+        confirm(pushed.pop(), wanted, timeout_ms, f"putting back {len(queued)} message(s)")
     return [done for (done, _), ok in zip(queued, pushed, strict=True) if ok]
+
+
+def _replicas_wanted() -> tuple[int, int]:
+    """``REDIS_MIN_REPLICAS_ACK`` and its timeout (see :mod:`resilience.replication`)."""
+    from resilience.core.settings import get_settings
+
+    settings = get_settings()
+    return settings.redis_min_replicas_ack, settings.redis_replica_ack_timeout_ms
 
 
 def _bindings(r, exchanges: set[str], batch: Batch) -> dict[str, list[str]]:
