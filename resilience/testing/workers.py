@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import json
 import os
@@ -16,6 +17,18 @@ from typing import Any
 from resilience.testing.waiting import wait_for
 
 __all__ = ["SubprocessWorker", "in_process_worker", "worker_health_url"]
+
+#: Process groups of the subprocess workers this process started (each worker leads its own group).
+_groups: set[int] = set()
+
+
+@atexit.register
+def _kill_leftover_groups() -> None:
+    """At exit, SIGKILL every worker group still alive: a test that failed before it stopped its
+    worker, or a pool child whose worker was killed, never outlives the test run."""
+    for group in _groups:
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(group, signal.SIGKILL)
 
 
 @contextlib.contextmanager
@@ -78,6 +91,7 @@ class SubprocessWorker:
         log = open(self.log_path, "ab")
         self.process = subprocess.Popen(self.argv, env=self.env, cwd=self.cwd, stdin=subprocess.DEVNULL,
                                         stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+        _groups.add(self.process.pid)
         log.close()
         return self
 
@@ -120,6 +134,7 @@ class SubprocessWorker:
     def _kill_group(self) -> None:
         with contextlib.suppress(ProcessLookupError, PermissionError):
             os.killpg(self.pid, signal.SIGKILL)
+        _groups.discard(self.pid)
 
     def stop(self, timeout: float = 30.0) -> None:
         """Warm shutdown (SIGTERM), then SIGKILL whatever is left."""
