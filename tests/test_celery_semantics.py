@@ -131,7 +131,7 @@ def test_reapplying_a_frozen_chord_runs_its_body_again(worker):
     frozen = canvas.freeze()
     assert canvas.apply_async().get(timeout=30) == 6
     assert canvas.apply_async().get(timeout=30) == 6
-    wait_for(lambda: runs(frozen.id) == 2, 30, message="the body to run again")
+    wait_for(lambda: runs(frozen.id) == 2, 60, message=lambda: f"the body to run again (runs: {runs(frozen.id)})")
 
 
 # -- error paths -----------------------------------------------------------------------------------
