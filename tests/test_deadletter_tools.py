@@ -171,7 +171,7 @@ def test_list_filters_limit_and_stats_fingerprints(r):
     assert [e["job_id"] for e in dlq("list", "--limit", "1")["entries"]] == ["x3"]
     stats = dlq("stats")
     assert stats["by_task"] == {"tests.a": 2, "tests.b": 1}
-    assert stats["by_fingerprint"] == {"KeyError: KeyError in xN": 2, "ValueError: ValueError in xN": 1}
+    assert stats["by_fingerprint"] == {"KeyError: KeyError in x<n>": 2, "ValueError: ValueError in x<n>": 1}
 
 
 def test_replay_all_with_filters_and_dry_run(r):

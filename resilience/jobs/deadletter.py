@@ -30,7 +30,6 @@ from __future__ import annotations
 import datetime as dt
 import json
 import logging
-import re
 import time
 import traceback as tb
 from collections import Counter
@@ -41,6 +40,7 @@ from typing import Any
 import redis
 
 from resilience.core.errors import ReplayRefused
+from resilience.core.fingerprint import label
 from resilience.core.keys import keys
 from resilience.core.quarantine import ANY, ARRAY, INTEGER, OBJECT, TEXT, Bad, Batch, Shape, decode
 from resilience.core.queues import queue_names
@@ -494,13 +494,9 @@ def purge(ids: list[str] | None = None, *, all: bool = False, task: str | None =
     return outcome
 
 
-_VOLATILE = re.compile(r"0x[0-9a-f]+|[0-9a-f]{8}-[0-9a-f-]{27}|\d+", re.IGNORECASE)
-
-
 def fingerprint(data: dict[str, Any]) -> str:
-    """A stable grouping key: error type and the reason with numbers and ids masked."""
-    reason = str(data.get("failure_reason") or "").splitlines()[0] if data.get("failure_reason") else ""
-    return f"{data.get('error_type')}: {_VOLATILE.sub('N', reason)[:120]}"
+    """The entry's grouping key: :func:`resilience.core.fingerprint.label` of its error type and reason."""
+    return label(str(data.get("error_type")), str(data.get("failure_reason") or ""))
 
 
 def stats() -> dict[str, Any]:

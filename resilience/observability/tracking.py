@@ -21,7 +21,8 @@ buffer is flushed when a worker process shuts down and at interpreter exit.
 Every Redis failure is logged and swallowed; records stay buffered (the oldest
 are dropped beyond ``ERROR_BUFFER_MAX``) until Redis answers again.
 
-The fingerprint (:func:`fingerprint`) is the first 16 hex digits of SHA-1 over
+The fingerprint (:func:`resilience.core.fingerprint.fingerprint`, the one the
+dead-letter statistics and Sentry use too) is the first 16 hex digits of SHA-1 over
 the operation (task name), the error type, the normalised message (numbers, hex
 ids, UUIDs and quoted values replaced by placeholders, secrets masked) and the
 frames of the traceback as ``module:function`` (no line numbers; Celery's,
@@ -32,13 +33,11 @@ bug in the same place groups together across deploys and arguments.
 from __future__ import annotations
 
 import collections
-import hashlib
 import itertools
 import json
 import linecache
 import logging
 import os
-import re
 import socket
 import threading
 import time
@@ -49,9 +48,10 @@ from types import TracebackType
 from typing import Any
 
 from resilience.core.errors import CONTROL_FLOW
+from resilience.core.fingerprint import fingerprint, normalise_message
 from resilience.core.keys import keys
 from resilience.core.quarantine import INTEGER, NUMBER, OBJECT, TEXT, Bad, Batch, Shape, decode
-from resilience.core.redact import clip, redact_bounded, redact_text
+from resilience.core.redact import clip, redact_bounded
 from resilience.core.settings import get_settings
 from resilience.core.store import get_redis, load_script
 from resilience.observability import alert_rules, alerts
@@ -63,7 +63,6 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
-_MAX_MESSAGE = 2000  # characters of a message that its fingerprint reads
 _MAX_FRAMES = 30
 
 #: What a record keeps at most, in bytes of JSON per field; a longer value is cut
@@ -84,23 +83,6 @@ RECORD = Shape({"error_id": TEXT, "component": TEXT, "operation": TEXT, "error_t
                 "job_id": TEXT, "task": TEXT, "worker": TEXT, "fingerprint": TEXT, "context": OBJECT,
                 "timestamp": NUMBER, "traceback": TEXT})
 
-_NORMALISERS = [
-    (re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}", re.I), "<uuid>"),
-    (re.compile(r"\b0x[0-9a-f]+\b", re.I), "<hex>"),
-    (re.compile(r"\b[0-9a-f]{12,}\b", re.I), "<hex>"),
-    (re.compile(r"'[^']*'|\"[^\"]*\""), "<str>"),
-    (re.compile(r"\d+(\.\d+)?"), "<n>"),
-]
-
-
-def normalise_message(message: str) -> str:
-    """The message with its variable parts replaced, so repeats of one bug compare equal."""
-    text = redact_text(message or "", _MAX_MESSAGE)
-    for pattern, placeholder in _NORMALISERS:
-        text = pattern.sub(placeholder, text)
-    return text.strip()
-
-
 #: Frames of the machinery around a job, left out of fingerprints: whether Celery's
 #: tracer or Sentry's wrapper caught the error must not change its fingerprint.
 _MACHINERY = ("celery.", "billiard.", "kombu.", "sentry_sdk.", "vine.")
@@ -114,12 +96,6 @@ def frames_of(tb: TracebackType | None) -> list[str]:
         if not module.startswith(_MACHINERY):
             frames.append(f"{module}:{frame.f_code.co_name}")
     return frames[-_MAX_FRAMES:]
-
-
-def fingerprint(operation: str, error_type: str, message: str, frames: list[str] | None = None) -> str:
-    """A stable id for "the same error in the same place" (see the module docstring)."""
-    parts = [operation, error_type, normalise_message(message), *(frames or [])]
-    return hashlib.sha1("\n".join(parts).encode()).hexdigest()[:16]
 
 
 def fingerprint_of_exception(operation: str, exc: BaseException, tb: TracebackType | None = None) -> str:
