@@ -5,7 +5,7 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: demo up test test-fast bench celery-compat clean
+.PHONY: demo up lint test test-fast bench celery-compat clean
 
 $(STAMP): pyproject.toml
 	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "Python 3.11+ is required")'
@@ -20,11 +20,16 @@ demo: $(STAMP)
 up: $(STAMP)
 	$(BIN)/resilience up
 
-# Two test processes, each with its own private redis-server (tests/conftest.py).
-test: $(STAMP)
+# ruff and mypy, as configured in pyproject.toml; the first step of `make test`.
+lint: $(STAMP)
+	$(BIN)/ruff check .
+	$(BIN)/mypy
+
+# The linters, then two test processes, each with its own private redis-server (tests/conftest.py).
+test: lint
 	$(BIN)/python -m pytest -n 2 --dist loadgroup
 
-test-fast: $(STAMP)
+test-fast: lint
 	$(BIN)/python -m pytest -n 2 --dist loadgroup -m "not slow"
 
 bench: $(STAMP)
@@ -40,4 +45,4 @@ celery-compat: $(VENV)/.compat-installed
 	$(BIN)/python -m compat
 
 clean:
-	rm -rf $(VENV) .resilience .compat build *.egg-info
+	rm -rf $(VENV) .resilience .compat build *.egg-info .ruff_cache .mypy_cache

@@ -27,7 +27,8 @@ def plan_from(argv: list[str] | None) -> Plan:
                         help=f"smoke run of about a minute: {', '.join(REQUIRED)}; small sizes")
     parser.add_argument("--runs", type=int, help="interleaved runs per configuration (default 3; quick 2)")
     parser.add_argument("--jobs", type=int, help="jobs per throughput run (default 600; quick 200)")
-    parser.add_argument("--configs", help=f"comma-separated feature configurations to run besides {', '.join(REQUIRED)}")
+    parser.add_argument("--configs",
+                        help=f"comma-separated feature configurations to run besides {', '.join(REQUIRED)}")
     parser.add_argument("--save", metavar="PATH", help="also write the raw results as JSON to PATH")
     parser.add_argument("--no-aof", dest="aof", action="store_false",
                         help="run Redis without AOF persistence (default: on, appendfsync everysec)")

@@ -23,7 +23,6 @@ import re
 import sys
 import tempfile
 import threading
-import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -49,7 +48,8 @@ class Monitor(threading.Thread):
                 if self.stopped.is_set():
                     return
                 cmd = raw.get("command", "")
-                addr = "lua" if raw.get("client_type") == "lua" else f"{raw.get('client_address')}:{raw.get('client_port')}"
+                addr = ("lua" if raw.get("client_type") == "lua"
+                        else f"{raw.get('client_address')}:{raw.get('client_port')}")
                 if self.recording and addr not in self.ignore and cmd:
                     name = cmd.split(" ", 1)[0].upper()
                     self.counts[("lua" if addr == "lua" else "client", name)] += 1

@@ -38,16 +38,14 @@ def main() -> None:
     server = RedisServerProcess(binary=find_redis_binary(load_settings()), directory=workdir / "redis").start()
     os.environ.update({"REDIS_URL": server.url, "RESILIENCE_DATA_DIR": str(workdir / "data"),
                        "PYTHONPATH": str(ROOT)})
-    from resilience.testing import SubprocessWorker, hold_outage, wait_for
-    from tests.outage_jobs import marks
-
     import tasks  # noqa: F401 - the app, configured from the environment above
     from resilience import spool
-    from tests.outage_jobs import mark
+    from resilience.testing import SubprocessWorker, hold_outage, wait_for
+    from tests.jobs.outage import mark, marks
 
     marks_path = str(workdir / "marks.txt")
     results = {}
-    worker = SubprocessWorker(workdir / "logs", concurrency=2, include=["tests.outage_jobs"]).start().wait_ready()
+    worker = SubprocessWorker(workdir / "logs", concurrency=2, include=["tests.jobs.outage"]).start().wait_ready()
     try:
         ids = [mark.delay(marks_path, i).id for i in range(opts.jobs)]
         wait_for(lambda: len(marks(marks_path)) >= opts.jobs // 4, timeout=120, message="draining to start")

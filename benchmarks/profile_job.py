@@ -80,18 +80,18 @@ WARMUP_JOBS, LATENCY_JOBS = 20, 1
 #: charged to its module (``platform: <module>``, the innermost one).
 COMPONENTS: list[tuple[str, tuple[str, ...]]] = [
     ("the job body (INCR)", ("(benchmarks/jobs.py",)),
-    ("execution guard scripts", ("(resilience/executions.py",)),
+    ("execution guard scripts", ("(resilience/jobs/executions.py",)),
     ("result: SUCCESS write", ("mark_as_done (",)),
     ("result: failure or retry write", ("mark_as_failure (", "mark_as_retry (")),
     # Celery's trace calls store_result directly for the STARTED state only
     ("result: STARTED write", ("store_result (",)),
-    ("metrics", ("(resilience/metrics.py",)),
-    ("error tracking", ("(resilience/tracking.py", "(resilience/sentry.py")),
-    ("breakers", ("(resilience/breaker.py",)),
-    ("heartbeat", ("(resilience/heartbeat.py",)),
-    ("health probe and server", ("(resilience/health.py", "(resilience/healthmonitor.py",
-                                 "(resilience/healthserver.py")),
-    ("scheduler poll", ("(resilience/scheduler.py",)),
+    ("metrics", ("(resilience/observability/metrics.py",)),
+    ("error tracking", ("(resilience/observability/tracking.py", "(resilience/observability/sentry.py")),
+    ("breakers", ("(resilience/breakers/breaker.py",)),
+    ("heartbeat", ("(resilience/recovery/heartbeat.py",)),
+    ("health probe and server", ("(resilience/probes/health.py", "(resilience/probes/healthmonitor.py",
+                                 "(resilience/probes/healthserver.py")),
+    ("scheduler poll", ("(resilience/jobs/scheduler.py",)),
     ("kombu: a new redis-py client per operation", ("Channel._create_client (",)),
     ("delivery bookkeeping (unacked)", ("QoS.append (",)),
     ("ack", ("QoS.ack (", "Message.ack (", "basic_ack (")),
@@ -306,9 +306,11 @@ def requests_of(raw: list[tuple[int, list[str]]], roles: dict[int, str], ignore:
 
 def script_names() -> dict[str, str]:
     """sha1 -> name of the platform's Lua scripts (kombu's own are named ``kombu ...``)."""
+    from resilience.store import script_source
+
     names = {}
-    for path in (ROOT / "resilience" / "lua").glob("*.lua"):
-        names[hashlib.sha1(path.read_bytes()).hexdigest()] = path.stem
+    for path in (ROOT / "resilience" / "core" / "lua").glob("[!_]*.lua"):  # _<name>.lua: fragments, not scripts
+        names[hashlib.sha1(script_source(path.stem).encode()).hexdigest()] = path.stem
     return names
 
 

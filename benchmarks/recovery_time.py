@@ -70,9 +70,8 @@ def measure_recovery(workdir: Path) -> float:
 
     reset_settings()
     reset_redis()
-    from tasks.app import app
-
     import tests.jobs  # noqa: F401 - the benchmark job
+    from tasks.app import app
 
     r = get_redis()
     r.flushall()

@@ -231,6 +231,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--dead-letters", type=int, default=100_000)
     parser.add_argument("--timeline-entries", type=int, default=50_000)
     args = parser.parse_args(argv)
+    from resilience.runtime import load_app
+
+    load_app()  # the bundled app: the sweep and the dead-letter writer act on the installed app
     client = get_redis()
     result = {"sweep": measure_sweep(args.sweep_entries)}
     client.flushall()

@@ -109,7 +109,7 @@ def table(outcomes: dict[str, dict[str, str]]) -> str:
             cells.append(f"{counts['passed']} / {counts['failed']} / {counts['skipped']}")
         rows.append((name, *cells))
     widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
-    lines = ["  ".join(cell.ljust(w) for cell, w in zip(row, widths)) for row in rows]
+    lines = ["  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=False)) for row in rows]
     lines.insert(1, "  ".join("-" * w for w in widths))
     return "\n".join(lines)
 

@@ -11,7 +11,7 @@ import json
 import threading
 from typing import Any
 
-from resilience.localserver import LocalHTTPServer, QuietHandler
+from resilience.testing.localserver import LocalHTTPServer, QuietHandler
 
 
 class SentryStandIn(LocalHTTPServer):

@@ -30,7 +30,7 @@ ROOT = Path(__file__).resolve().parent.parent
 BIN = Path(sys.executable).parent
 
 PLATFORM_TASKS = {"resilience.sweep_stuck_jobs", "resilience.trim_dead_letters", "resilience.promote_delayed_runs",
-                  "resilience.alerts.evaluate", "resilience.beat_pulse"}
+                  "resilience.evaluate_alerts", "resilience.beat_pulse"}
 
 
 @pytest.fixture
@@ -128,7 +128,7 @@ def test_install_registers_the_platform_tasks_and_their_beat_entries_on_the_give
     install(app)
     assert PLATFORM_TASKS <= set(app.tasks)
     schedule = app.conf.beat_schedule
-    for name in ("resilience.sweep_stuck_jobs", "resilience.trim_dead_letters", "resilience.alerts.evaluate",
+    for name in ("resilience.sweep_stuck_jobs", "resilience.trim_dead_letters", "resilience.evaluate_alerts",
                  "resilience.promote_delayed_runs", "resilience.beat_pulse"):
         assert schedule[name]["task"] == name  # one naming style: the entry is named after its task
 
@@ -141,7 +141,7 @@ def test_install_before_the_configuration_is_loaded_wires_features_with_the_apps
     entry = app.conf.beat_schedule["resilience.sweep_stuck_jobs"]
     assert entry["schedule"] == 7.0
     assert entry["options"]["queue"] == "maintenance"
-    assert "resilience.alerts.evaluate" not in app.conf.beat_schedule  # the app's flag turned it off
+    assert "resilience.evaluate_alerts" not in app.conf.beat_schedule  # the app's flag turned it off
     assert settings_for(app).stuck_sweep_interval_sec == 7
 
 
@@ -401,10 +401,10 @@ def test_a_project_of_its_own_gets_every_feature_on_its_own_worker_and_beat(fres
         assert {"proj-default", "proj-emails"} <= set(json.loads(status.stdout)["queues"])
 
         # The dead-letter trim and the alert rules run on the project's beat and worker.
-        for task in ("resilience.trim_dead_letters", "resilience.alerts.evaluate"):
+        for task in ("resilience.trim_dead_letters", "resilience.evaluate_alerts"):
             wait_for(lambda task=task: any(f"Task {task}[" in p.log() and "succeeded" in p.log()
                                            for p in procs[2:]), 60, message=f"{task} to run on the worker")
-        assert {"resilience.trim_dead_letters", "resilience.alerts.evaluate"} <= set(r.hkeys("beat:published"))
+        assert {"resilience.trim_dead_letters", "resilience.evaluate_alerts"} <= set(r.hkeys("beat:published"))
     finally:
         for proc in procs:
             proc.stop()

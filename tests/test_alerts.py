@@ -12,18 +12,13 @@ import pytest
 from resilience import alert_rules, alerts, tracking
 from resilience.keys import keys
 from resilience.testing import configure, free_port, wait_for
-from resilience.webhook_receiver import WebhookReceiver
+from resilience.testing.webhook_receiver import WebhookReceiver
 from tests import jobs
 
 SECRET = "whsec-test-secret"
 
 
-@pytest.fixture(autouse=True)
-def _no_alerts_left_over():
-    """Alerts queued by an earlier test are delivered before this one starts, and this one's after it."""
-    assert alerts.flush(30)
-    yield
-    assert alerts.flush(30)
+pytestmark = pytest.mark.usefixtures("alerts_delivered")
 
 
 @pytest.fixture
@@ -214,8 +209,8 @@ def test_breaker_state_changes_and_stuck_job_recoveries_alert(alerting):
 
 
 def test_the_beat_task_evaluates_the_rules_in_a_worker(app, worker, alerting):
-    evaluate_alerts = app.tasks["resilience.alerts.evaluate"]
-    entry = app.conf.beat_schedule["resilience.alerts.evaluate"]
+    evaluate_alerts = app.tasks["resilience.evaluate_alerts"]
+    entry = app.conf.beat_schedule["resilience.evaluate_alerts"]
     assert entry["task"] == evaluate_alerts.name
     with configure(alert_min_workers=50):
         evaluate_alerts.apply_async(**entry["options"]).get(timeout=30)  # as beat sends it

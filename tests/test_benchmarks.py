@@ -164,7 +164,8 @@ def test_a_feature_not_built_yet_is_found_as_missing_not_as_an_error():
     from benchmarks.scale import find
 
     assert find("resilience.no_such_feature", ("sweep",)) is None
-    assert find("resilience.deadletter", ("no_such_function", "bury_entry"))[0] == "resilience.deadletter.bury_entry"
+    assert find("resilience.jobs.deadletter", ("no_such_function", "bury_entry"))[0] \
+        == "resilience.jobs.deadletter.bury_entry"
 
 
 def test_a_key_at_its_cap_is_bounded_only_if_the_writer_trims_it(r):
@@ -204,10 +205,13 @@ def test_a_sample_is_charged_to_what_caused_it_not_to_the_pieces_it_used():
     assert component_of(frames("Backend.mark_as_done (celery/backends/base.py:1)", "dumps (json/__init__.py:1)")) \
         == "result: SUCCESS write"
     assert component_of(frames("Backend.store_result (celery/backends/base.py:1)",
-                               "TrackedRetry.call_with_retry (resilience/connection.py:1)")) == "result: STARTED write"
-    assert component_of(frames("ResilientTask.__call__ (resilience/task.py:1)", "begin (resilience/executions.py:1)",
+                               "TrackedRetry.call_with_retry (resilience/core/connection.py:1)")) \
+        == "result: STARTED write"
+    assert component_of(frames("ResilientTask.__call__ (resilience/jobs/task.py:1)",
+                               "begin (resilience/jobs/executions.py:1)",
                                "Redis.execute_command (redis/client.py:1)")) == "execution guard scripts"
-    assert component_of(frames("ResilientTask.__call__ (resilience/task.py:1)")) == "platform: resilience/task.py"
+    assert component_of(frames("ResilientTask.__call__ (resilience/jobs/task.py:1)")) \
+        == "platform: resilience/jobs/task.py"
     assert component_of(frames("dumps (json/__init__.py:1)")) == "json"
     # the frames above the pool's work loop (its fork inside the worker's start-up) do not count
     assert component_of(frames()) == "Celery: trace in the pool"
@@ -251,6 +255,8 @@ def test_the_platform_scripts_are_named_by_their_sha1():
     import hashlib
 
     from benchmarks.profile_job import script_names
+    from resilience.store import load_script
 
-    source = (ROOT / "resilience" / "lua" / "job_start.lua").read_bytes()
-    assert script_names()[hashlib.sha1(source).hexdigest()] == "job_start"
+    assert script_names()[load_script("job_start").sha] == "job_start"
+    source = (ROOT / "resilience" / "core" / "lua" / "lock_release.lua").read_bytes()  # a script without fragments
+    assert script_names()[hashlib.sha1(source).hexdigest()] == "lock_release"

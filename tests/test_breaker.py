@@ -220,8 +220,8 @@ def test_cli_shows_breakers_and_reset_closes_one(r):
 def test_http_5xx_and_transport_errors_trip_the_breaker_but_4xx_do_not(r):
     import httpx
 
-    from resilience.flakyapi import FlakyAPI
     from resilience.httpclient import BreakerClient
+    from resilience.testing.flakyapi import FlakyAPI
 
     with FlakyAPI(mode="failing") as api, BreakerClient("http-api", base_url=api.url) as client:
         client.breaker.configure(fail_max=3)
@@ -243,8 +243,8 @@ def test_http_5xx_and_transport_errors_trip_the_breaker_but_4xx_do_not(r):
 def test_http_read_timeout_counts_as_a_failure(r):
     import httpx
 
-    from resilience.flakyapi import FlakyAPI
     from resilience.httpclient import BreakerClient
+    from resilience.testing.flakyapi import FlakyAPI
 
     with FlakyAPI(mode="slow", slow_sec=3) as api, \
             BreakerClient("slow-api", base_url=api.url, read_timeout_sec=0.3) as client:

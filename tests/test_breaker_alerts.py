@@ -10,17 +10,17 @@ import pytest
 
 from resilience import alerts
 from resilience.errors import CircuitOpenError
-from resilience.flakyapi import FlakyAPI
 from resilience.httpclient import BreakerClient
 from resilience.testing import configure, wait_for
-from resilience.webhook_receiver import WebhookReceiver
+from resilience.testing.flakyapi import FlakyAPI
+from resilience.testing.webhook_receiver import WebhookReceiver
 
 SECRET = "breaker-alert-secret"
 
 
 def _breaker_alerts(receiver, state):
     return [a for a in receiver.alerts if a.payload["context"].get("rule") == "breaker_state"
-            and a.payload["context"].get("to") == state]
+            and a.payload["context"].get("state") == state]
 
 
 def test_an_opening_and_a_closing_breaker_each_send_one_signed_alert(r):

@@ -7,11 +7,11 @@ import json
 import pytest
 from click.testing import CliRunner
 
-import tests.breaker_jobs as jobs
+import tests.jobs.breaker as jobs
 from resilience import breaker as breakers
-from resilience.flakyapi import FlakyAPI
 from resilience.keys import keys
 from resilience.testing import SubprocessWorker, configure, in_process_worker, settings_env, wait_for
+from resilience.testing.flakyapi import FlakyAPI
 
 FAST = dict(breaker_fail_max=5, breaker_reset_timeout_sec=2, breaker_park_jitter_sec=0.5)
 
@@ -52,7 +52,7 @@ def test_outage_opens_the_breaker_for_every_worker_and_parked_jobs_complete_on_r
     options = dict(FAST, feature_idempotency=False)
     with FlakyAPI(mode="failing") as api, configure(**options):
         env = settings_env(**options)
-        workers = [SubprocessWorker(log_dir, concurrency=1, include=["tests.breaker_jobs"], env=env)
+        workers = [SubprocessWorker(log_dir, concurrency=1, include=["tests.jobs.breaker"], env=env)
                    for _ in range(2)]
         try:
             for w in workers:

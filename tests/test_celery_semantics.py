@@ -22,8 +22,8 @@ from resilience import ResilientTask, idempotency, install, runtime, scheduler
 from resilience.errors import UnserializableArgument
 from resilience.keys import keys
 from resilience.testing import SubprocessWorker, in_process_worker, wait_for
-from tests import semantics_jobs as jobs
 from tests.jobs import runs
+from tests.jobs import semantics as jobs
 
 pytestmark = pytest.mark.usefixtures("app")
 
@@ -45,7 +45,7 @@ def test_a_job_sent_from_a_job_is_its_child(worker):
     child = jobs.add.AsyncResult(ids["child"])
     assert child.get(timeout=30) == 3
     for job_id in [ids["child"], *ids["group"]]:
-        wait_for(lambda: jobs.seen_request(job_id), 30, message=f"job {job_id} to run")
+        wait_for(lambda job_id=job_id: jobs.seen_request(job_id), 30, message=f"job {job_id} to run")
         seen = jobs.seen_request(job_id)
         assert seen["parent_id"] == parent.id
         assert seen["root_id"] == parent.id

@@ -108,7 +108,8 @@ def test_entries_older_than_the_retention_are_trimmed_and_unreadable_ones_quaran
     from resilience import quarantine
 
     now = deadletter.parse_time("2026-06-30T00:00:00Z")
-    push(r, entry("old1", failed_at="2026-05-01T00:00:00Z"), "not json", entry("old2", failed_at="2026-05-20T10:00:00Z"),
+    push(r, entry("old1", failed_at="2026-05-01T00:00:00Z"), "not json",
+         entry("old2", failed_at="2026-05-20T10:00:00Z"),
          entry("new1", failed_at="2026-06-10T00:00:00Z"), entry("new2", failed_at="2026-06-29T00:00:00Z"))
 
     result = deadletter.trim(now=now, ttl_days=30, batch=2)

@@ -9,7 +9,6 @@ process the good records.
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import subprocess
@@ -25,7 +24,8 @@ from resilience import alerts, deadletter, quarantine, scheduler, spool, sweeper
 from resilience.cli import main
 from resilience.keys import keys
 from resilience.outage import _publish_spooled
-from resilience.testing import configure, free_port, wait_for
+from resilience.testing import configure, flushing_paused, free_port, wait_for
+
 OLD = time.time() - 3600
 DEAD = "dead@test|1"
 #: Wide enough that Rich never wraps a cell in these tests.
@@ -198,22 +198,6 @@ def empty_spool():
     yield
     with spool._db() as conn:
         conn.execute("DELETE FROM spooled_jobs")
-
-
-@contextlib.contextmanager
-def flushing_paused():
-    """Hold the spool's flush lock, so no flusher thread an earlier test left drains the spool meanwhile."""
-    with contextlib.ExitStack() as stack:
-        def take() -> bool:
-            lock = spool.flush_locked()
-            if lock.__enter__():
-                stack.push(lock)
-                return True
-            lock.__exit__(None, None, None)
-            return False
-
-        wait_for(take, 30, message="the spool's flush lock")
-        yield
 
 
 def test_a_corrupt_spool_row_never_holds_back_the_rows_behind_it(app, r, empty_spool):

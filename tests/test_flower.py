@@ -152,3 +152,20 @@ def test_resilience_up_never_shows_flowers_password_on_its_command_line_or_in_it
             proc.wait(10)
     assert password not in output
     assert str(credentials) in output, output[-2000:]
+
+
+@pytest.mark.slow
+def test_flower_shows_the_outcome_of_a_job_from_the_batched_task_events(app, flower, log_dir):
+    """Issue 14: task events are published on a timer (WORKER_EVENT_FLUSH_INTERVAL_SEC), not every loop tick."""
+    with SubprocessWorker(log_dir, env=settings_env(HEALTH_PORT=0), extra_args=["-E"], include=["tests.jobs"]):
+        jobs = [app.tasks["tests.add"].delay(i, 1) for i in range(3)]
+        for job in jobs:
+            assert job.get(timeout=60) is not None
+
+        def state(job_id: str) -> str | None:
+            reply = httpx.get(f"{flower}/api/task/info/{job_id}", auth=(USER, PASSWORD), timeout=5)
+            return reply.json().get("state") if reply.status_code == 200 else None
+
+        for job in jobs:
+            wait_for(lambda: state(job.id) == "SUCCESS", timeout=60,  # noqa: B023 - called in this iteration
+                     message=lambda: f"Flower to show job {job.id} done ({state(job.id)})")  # noqa: B023

@@ -18,7 +18,7 @@ import pytest
 import redis
 
 from resilience.testing import SubprocessWorker, configure, hold_outage, settings_env, wait_for, worker_health_url
-from tests.outage_jobs import mark, marks
+from tests.jobs.outage import mark, marks
 
 pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("outage-chaos")]
 
@@ -51,7 +51,7 @@ def free_up(client: redis.Redis, ballast: int) -> None:
 
 def short_lived_producer(marks_path: str, count: int, log_path: Path) -> subprocess.CompletedProcess:
     code = ("import sys\n"
-            "from tests.outage_jobs import mark\n"
+            "from tests.jobs.outage import mark\n"
             "ids = [mark.delay(sys.argv[1], n).id for n in range(int(sys.argv[2]))]\n"
             "print('\\n'.join(ids))\n")
     with open(log_path, "wb") as log:
@@ -71,7 +71,7 @@ def test_a_full_redis_stops_no_worker_and_loses_or_doubles_no_job(redis_server, 
     ballast = 0
     with configure(data_dir=str(tmp_path / "data"), publish_timeout_sec=1.0):
         env = settings_env(HEALTH_PORT=0, HEALTH_REFRESH_INTERVAL_SEC=0.2)
-        workers = [SubprocessWorker(log_dir, concurrency=2, include=["tests.outage_jobs"], env=env).start()
+        workers = [SubprocessWorker(log_dir, concurrency=2, include=["tests.jobs.outage"], env=env).start()
                    for _ in range(2)]
         try:
             for worker in workers:
@@ -88,7 +88,8 @@ def test_a_full_redis_stops_no_worker_and_loses_or_doubles_no_job(redis_server, 
             assert len(late_ids) == 200
             assert "spooled" in (tmp_path / "producer.log").read_text()  # it said where its jobs wait
             for url in urls:  # each worker says so, and that a restart would not help
-                ready = wait_for(lambda url=url: _ready(url, "redis_full"), 30, message=f"{url}/ready to say redis_full")
+                ready = wait_for(lambda url=url: _ready(url, "redis_full"), 30,
+                                 message=f"{url}/ready to say redis_full")
                 assert ready["restart"] is False
                 assert "redis_full" in httpx.get(f"{url}/health", timeout=5).json()["failed"]
             hold_outage(5)  # Redis stays full for a while: no worker may give up meanwhile

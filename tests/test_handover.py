@@ -1,6 +1,6 @@
 """A worker keeps the messages it received across a broker connection loss (issue 6).
 
-Redis is cut off at exact instants by a proxy (:class:`resilience.cutproxy.CutProxy`)
+Redis is cut off at exact instants by a proxy (:class:`resilience.testing.cutproxy.CutProxy`)
 in front of the real redis-server; the worker connects through it, the test
 talks to Redis directly. No beat runs and the visibility timeout is the
 default 12 h: the worker itself must put the messages back.
@@ -13,10 +13,10 @@ import uuid
 import pytest
 
 from resilience import executions
-from resilience.cutproxy import CutProxy
 from resilience.store import load_script
 from resilience.testing import SubprocessWorker, hold_outage, wait_for
-from tests.outage_jobs import gated_mark, mark, marks
+from resilience.testing.cutproxy import CutProxy
+from tests.jobs.outage import gated_mark, mark, marks
 
 pytestmark = pytest.mark.slow
 
@@ -28,7 +28,7 @@ def proxy(redis_server):
 
 
 def _worker(log_dir, proxy: CutProxy, *extra: str) -> SubprocessWorker:
-    worker = SubprocessWorker(log_dir, concurrency=1, include=["tests.outage_jobs"],
+    worker = SubprocessWorker(log_dir, concurrency=1, include=["tests.jobs.outage"],
                               env={"REDIS_URL": proxy.url}, extra_args=list(extra)).start()
     return worker.wait_ready(120)
 

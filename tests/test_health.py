@@ -15,8 +15,15 @@ from resilience import health
 from resilience.healthserver import candidate_ports
 from resilience.keys import keys
 from resilience.settings import load_settings
-from resilience.testing import (SubprocessWorker, configure, free_port, in_process_worker, settings_env, wait_for,
-                                worker_health_url)
+from resilience.testing import (
+    SubprocessWorker,
+    configure,
+    free_port,
+    in_process_worker,
+    settings_env,
+    wait_for,
+    worker_health_url,
+)
 
 FAST = dict(health_port=0, health_refresh_interval_sec=0.2, health_redis_timeout_sec=0.3)
 

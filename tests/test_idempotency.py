@@ -15,7 +15,7 @@ from resilience import idempotency
 from resilience.errors import InvalidIdempotencyKey, PayloadTooLarge, UnserializableArgument
 from resilience.keys import keys
 from resilience.testing import SubprocessWorker, configure, in_process_worker, wait_for
-from tests import idempotency_jobs as jobs
+from tests.jobs import idempotency as jobs
 from tests.jobs import runs
 
 pytestmark = pytest.mark.usefixtures("app")
@@ -214,7 +214,7 @@ def test_a_redelivery_after_completion_is_acked_and_the_result_stays(app, r, wor
 def test_a_redelivery_while_the_first_run_goes_on_does_not_run_concurrently(app, r, log_dir):
     # A subprocess worker: its pool processes know their node name, which the liveness check needs.
     with configure(idempotency_busy_defer_sec=0.2):
-        with SubprocessWorker(log_dir, concurrency=2, include=["tests.idempotency_jobs"]) as w:
+        with SubprocessWorker(log_dir, concurrency=2, include=["tests.jobs.idempotency"]) as w:
             first = jobs.gated.apply_async((60,))
             wait_for(lambda: runs(first.id) == 1, 60, message="the first run to start")
             jobs.gated.plain_apply_async((60,), task_id=first.id)
@@ -236,12 +236,12 @@ def test_a_deferred_duplicate_runs_once_the_first_runs_worker_has_died(app, r, l
     settings = dict(idempotency_busy_defer_sec=0.5, worker_heartbeat_interval_sec=0.5,
                     worker_heartbeat_timeout_sec=3)
     with configure(**settings):
-        doomed = SubprocessWorker(log_dir, name="doomed@test", include=["tests.idempotency_jobs"]).start()
+        doomed = SubprocessWorker(log_dir, name="doomed@test", include=["tests.jobs.idempotency"]).start()
         try:
             doomed.wait_ready()
             first = jobs.gated.apply_async((60,))
             wait_for(lambda: runs(first.id) == 1, 60, message="the first run to start on the doomed worker")
-            with SubprocessWorker(log_dir, name="survivor@test", include=["tests.idempotency_jobs"]) as survivor:
+            with SubprocessWorker(log_dir, name="survivor@test", include=["tests.jobs.idempotency"]) as survivor:
                 jobs.gated.plain_apply_async((60,), task_id=first.id)
                 wait_for(lambda: idempotency.counters()["deferred_busy"] >= 1, 60,
                          message=lambda: f"the duplicate to be deferred:\n{survivor.log()[-2000:]}")

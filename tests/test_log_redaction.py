@@ -16,7 +16,7 @@ import httpx
 import pytest
 
 from resilience import logredact
-from resilience.webhook_receiver import WebhookReceiver
+from resilience.testing.webhook_receiver import WebhookReceiver
 
 
 @pytest.fixture

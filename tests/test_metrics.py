@@ -54,7 +54,8 @@ def _log_on_failure(worker: SubprocessWorker):
 def _prefork_worker(log_dir, r, concurrency: int = 2, **settings):
     """A prefork worker subprocess running tests.jobs, and the URL of its health server."""
     env = settings_env(HEALTH_PORT=0, HEALTH_REFRESH_INTERVAL_SEC=0.2, **settings)
-    with SubprocessWorker(log_dir, env=env, concurrency=concurrency, pool="prefork", include=["tests.jobs"]) as worker, \
+    with SubprocessWorker(log_dir, env=env, concurrency=concurrency, pool="prefork",
+                          include=["tests.jobs"]) as worker, \
             _log_on_failure(worker):
         yield worker, worker_health_url(r, worker)
 

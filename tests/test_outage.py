@@ -18,7 +18,7 @@ from resilience.errors import BrokerUnavailable, SpoolFull
 from resilience.reconnect import reconnect_backoff
 from resilience.settings import get_settings
 from resilience.testing import configure, in_process_worker, settings_env, wait_for
-from tests.outage_jobs import mark, marks
+from tests.jobs.outage import mark, marks
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -107,7 +107,7 @@ def test_a_producer_restarted_during_the_outage_loses_none_of_its_spooled_jobs(a
     env = {**settings_env(data_dir=get_settings().data_dir), "PYTHONPATH": str(ROOT)}
     submit = textwrap.dedent(f"""
         import os, tasks
-        from tests.outage_jobs import mark
+        from tests.jobs.outage import mark
         ids = [mark.delay({marks_path!r}, i).id for i in range(50)]
         print(" ".join(ids), flush=True)
         os._exit(0)  # the producer dies before Redis returns
@@ -147,9 +147,9 @@ def test_with_the_flag_off_publishing_is_celerys_own(redis_server, marks_path):
             mark.delay(marks_path)
         assert spool.count() == 0
         plain = Celery("plain")
-        from resilience.outage import install
+        from resilience.features import FEATURES, configure_features
 
-        install(plain, get_settings())
+        configure_features(plain, get_settings(), [f for f in FEATURES if f.name == "enhanced_redis"])
         assert plain.conf.worker_consumer == "celery.worker.consumer:Consumer"
 
 
@@ -161,7 +161,18 @@ def test_the_consumer_reconnect_schedule_is_exponential_and_capped():
     assert all(0.5 * c <= backoff.compute(n) <= c for n, c in enumerate(ceilings))
 
 
+class _Unreachable(connection.ConnectionObserver):
+    """Records what the connection state tells its observers about outages."""
+
+    told: list[tuple[str, float]] = []
+
+    def on_unreachable(self, component: str, down_for_sec: float, last_error: str | None) -> None:
+        self.told.append((component, down_for_sec))
+
+
 def test_connection_state_counts_transitions_and_alerts_once_when_down_too_long(caplog):
+    connection.add_observer(_Unreachable())
+    _Unreachable.told.clear()
     with configure(alert_redis_down_sec=30):
         assert connection.mark_down("broker", ConnectionError("refused"), now=1000.0) is True
         assert connection.mark_down("broker", ConnectionError("refused"), now=1001.0) is False
@@ -173,6 +184,7 @@ def test_connection_state_counts_transitions_and_alerts_once_when_down_too_long(
     assert broker == {"up": True, "since": 1050.0, "reconnects": 1, "disconnects": 1, "last_error": None}
     assert any("redis_unreachable" in rec.getMessage() or "unreachable" in rec.getMessage()
                for rec in caplog.records)
+    assert _Unreachable.told == [("broker", 31.0)]  # once per outage, to every observer
 
 
 def test_store_and_result_backend_connections_report_their_state(app, redis_server):

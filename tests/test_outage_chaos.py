@@ -22,7 +22,7 @@ import redis
 from resilience import spool
 from resilience.embedded import RedisServerProcess
 from resilience.testing import SubprocessWorker, configure, hold_outage, wait_for
-from tests.outage_jobs import mark, marks
+from tests.jobs.outage import mark, marks
 
 # One test process runs both, one after the other: two chaos runs at once would share two cores.
 pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("outage-chaos")]
@@ -49,7 +49,7 @@ def durable_redis(redis_server, tmp_path):
 
 
 def _workers(log_dir, n: int = 2) -> list[SubprocessWorker]:
-    workers = [SubprocessWorker(log_dir, concurrency=2, include=["tests.outage_jobs"]).start() for _ in range(n)]
+    workers = [SubprocessWorker(log_dir, concurrency=2, include=["tests.jobs.outage"]).start() for _ in range(n)]
     for w in workers:
         w.wait_ready(120)
     return workers

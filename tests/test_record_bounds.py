@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-import tests.redact_jobs as rj
+import tests.jobs.redact as rj
 from resilience import alerts, deadletter, executions, tracking
 from resilience.keys import keys
 from resilience.testing import SubprocessWorker, configure, settings_env, wait_for
@@ -83,7 +83,7 @@ def test_an_alert_body_is_bounded():
 def test_a_job_failing_with_a_1_mb_argument_is_dead_lettered_within_a_second_of_its_failure(app, log_dir):
     """Measured in the worker: from the job's raise to the dead-letter write (the execution record's time)."""
     env = settings_env(ERROR_FLUSH_INTERVAL_SEC=0.2)
-    with SubprocessWorker(log_dir, concurrency=1, include=["tests.redact_jobs"], env=env) as worker:
+    with SubprocessWorker(log_dir, concurrency=1, include=["tests.jobs.redact"], env=env) as worker:
         job = rj.fail_big.delay(BIG)
         after = rj.stamp.delay()  # the same pool process takes it once it is done with the failure
         wait_for(lambda: deadletter.count() == 1, 60, message=lambda: f"the dead letter; log:\n{worker.log()[-2000:]}")

@@ -11,8 +11,8 @@ from resilience import deadletter, executions, scheduler
 from resilience.backoff import ExponentialBackoff
 from resilience.keys import keys
 from resilience.testing import configure, in_process_worker, wait_for
-from tests import retry_jobs
 from tests.jobs import add, fail_permanent, runs
+from tests.jobs import retry as retry_jobs
 
 WAIT = 30  # generous: the machine may be loaded
 
@@ -31,7 +31,7 @@ def test_a_retryable_failure_runs_max_retries_plus_one_times_with_backoff_gaps_t
     assert runs(job.id) == 3 + 1
     times = retry_jobs.run_times(job.id)
     policy = ExponentialBackoff(base=0.4, cap=1.0, jitter=False)
-    for attempt, (before, after) in enumerate(zip(times, times[1:])):
+    for attempt, (before, after) in enumerate(zip(times, times[1:], strict=False)):
         assert after - before >= policy.compute(attempt) - 0.02, (attempt, after - before)
         assert after - before <= policy.compute(attempt) + 10, (attempt, after - before)
     entry = only_entry()

@@ -7,7 +7,7 @@ import pytest
 from resilience import deadletter, scheduler
 from resilience.keys import keys
 from resilience.testing import SubprocessWorker, settings_env, wait_for
-from tests import retry_jobs
+from tests.jobs import retry as retry_jobs
 from tests.jobs import runs
 
 WAIT = 90  # worker start-up on a loaded machine
@@ -29,7 +29,7 @@ def leftovers(r) -> dict:
 
 
 def worker(log_dir, **overrides) -> SubprocessWorker:
-    return SubprocessWorker(log_dir, include=["tests.retry_jobs"], env=settings_env(**overrides))
+    return SubprocessWorker(log_dir, include=["tests.jobs.retry"], env=settings_env(**overrides))
 
 
 @pytest.mark.slow

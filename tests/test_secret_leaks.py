@@ -15,11 +15,11 @@ import json
 
 import pytest
 
-import tests.redact_jobs as rj
+import tests.jobs.redact as rj
 from resilience import alerts, deadletter, tracking
 from resilience.keys import keys
 from resilience.testing import SubprocessWorker, configure, settings_env, wait_for
-from resilience.webhook_receiver import WebhookReceiver
+from resilience.testing.webhook_receiver import WebhookReceiver
 from tests.secret_forms import FORMS
 from tests.sentry_standin import SentryStandIn
 
@@ -45,7 +45,7 @@ def test_no_secret_form_reaches_dead_letters_error_records_alerts_sentry_or_work
     with SentryStandIn() as sentry, WebhookReceiver(SECRET) as receiver:
         env = settings_env(SENTRY_DSN=sentry.dsn, ALERT_WEBHOOK_URL=receiver.url, ALERT_WEBHOOK_SECRET=SECRET,
                            ERROR_FLUSH_INTERVAL_SEC=0.2, SCHEDULER_POLL_INTERVAL_SEC=0.1)
-        with SubprocessWorker(log_dir, concurrency=1, include=["tests.redact_jobs"], env=env) as worker:
+        with SubprocessWorker(log_dir, concurrency=1, include=["tests.jobs.redact"], env=env) as worker:
             jobs = [rj.leak.delay(form.text, api_key=_kwarg_secret(i), note=form.text) for i, form in enumerate(FORMS)]
             wait_for(lambda: deadletter.count() == len(jobs), WAIT,
                      message=lambda: f"every job dead-lettered; log:\n{worker.log()[-3000:]}")

@@ -12,12 +12,12 @@ from pathlib import Path
 
 import pytest
 
-from resilience import sentinel, spool
+from resilience import healthmonitor, sentinel, spool
 from resilience.errors import ReplicasBehind
 from resilience.replication import run_script
 from resilience.settings import get_settings
 from resilience.store import get_redis, load_script
-from resilience.testing import SentinelTopology, configure, wait_for
+from resilience.testing import SentinelTopology, configure, flushing_paused, wait_for
 
 pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("sentinel-failover")]
 
@@ -81,10 +81,11 @@ def test_a_publish_the_replicas_do_not_confirm_stays_in_the_spool_until_they_do(
         node.kill()
     env = {**os.environ, "REDIS_MIN_REPLICAS_ACK": "1", "REDIS_REPLICA_ACK_TIMEOUT_MS": "200",
            "PYTHONPATH": str(CHECKOUT)}
-    done = subprocess.run([sys.executable, "-m", "tests.sentinel_jobs", str(tmp_path / "marks"),
-                           str(tmp_path / "ids"), "1"], env=env, cwd=CHECKOUT, capture_output=True, timeout=120)
-    assert done.returncode == 0, done.stderr.decode()[-2000:]
-    assert spool.count() == 1  # accepted by the caller, not confirmed: kept on disk
+    with flushing_paused():  # no flusher of this process (its settings ask no replica) publishes it meanwhile
+        done = subprocess.run([sys.executable, "-m", "tests.jobs.sentinel", str(tmp_path / "marks"),
+                               str(tmp_path / "ids"), "1"], env=env, cwd=CHECKOUT, capture_output=True, timeout=120)
+        assert done.returncode == 0, done.stderr.decode()[-2000:]
+        assert spool.count() == 1  # accepted by the caller, not confirmed: kept on disk
     primary = ha.primary().client()
     for node in replicas:
         ha.restart(node)
@@ -122,14 +123,14 @@ def test_a_new_primary_is_logged_counted_and_alerted_once(ha, caplog):
 
     with WebhookReceiver("failover-secret") as receiver, configure(alert_webhook_url=receiver.url,
                                                                    alert_webhook_secret="failover-secret"):
-        watch = sentinel.FailoverWatch()
+        watch = healthmonitor.FailoverWatch()
         counted = _failovers_counted()
         assert not watch.observe(ha.primary().address, ha.master_name)  # the starting point
         old = ha.kill_primary()
         new, _ = ha.wait_promoted(old)
         assert watch.observe(new.address, ha.master_name)
         assert not watch.observe(new.address, ha.master_name)
-        sentinel.FailoverWatch(primary=old.address).observe(new.address, ha.master_name)  # another process
+        healthmonitor.FailoverWatch(primary=old.address).observe(new.address, ha.master_name)  # another process
         assert _failovers_counted() == counted + 2
         assert alerts.flush(30)
         sent = [a for a in receiver.alerts if a.payload["context"].get("rule") == "redis_failover"]

@@ -20,7 +20,7 @@ import pytest
 import redis
 
 from resilience.testing import SentinelTopology, SubprocessWorker, settings_env, wait_for
-from tests.sentinel_jobs import runs, submitted
+from tests.jobs.sentinel import runs, submitted
 
 pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("sentinel-failover")]
 
@@ -41,7 +41,7 @@ def _env(ha: SentinelTopology, tmp_path: Path, ack: int) -> dict[str, str]:
 
 
 def _workers(tmp_path: Path, env: dict[str, str], n: int = 2) -> list[SubprocessWorker]:
-    workers = [SubprocessWorker(tmp_path / "logs", concurrency=2, include=["tests.sentinel_jobs"], env=env).start()
+    workers = [SubprocessWorker(tmp_path / "logs", concurrency=2, include=["tests.jobs.sentinel"], env=env).start()
                for _ in range(n)]
     for w in workers:
         w.wait_ready(120)
@@ -50,7 +50,7 @@ def _workers(tmp_path: Path, env: dict[str, str], n: int = 2) -> list[Subprocess
 
 def _produce(tmp_path: Path, env: dict[str, str], count: int) -> subprocess.Popen:
     pythonpath = os.pathsep.join(filter(None, [str(CHECKOUT), os.environ.get("PYTHONPATH")]))
-    return subprocess.Popen([sys.executable, "-m", "tests.sentinel_jobs", str(tmp_path / "marks"),
+    return subprocess.Popen([sys.executable, "-m", "tests.jobs.sentinel", str(tmp_path / "marks"),
                              str(tmp_path / "ids"), str(count)],
                             env={**os.environ, **env, "PYTHONPATH": pythonpath}, cwd=CHECKOUT,
                             stdout=subprocess.DEVNULL, stderr=open(tmp_path / "producer.log", "ab"))

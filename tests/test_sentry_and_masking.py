@@ -6,11 +6,11 @@ import json
 
 import pytest
 
-import tests.tracking_jobs as tj
+import tests.jobs.tracking as tj
 from resilience import tracking
 from resilience.keys import keys
 from resilience.testing import SubprocessWorker, settings_env, wait_for
-from resilience.webhook_receiver import WebhookReceiver
+from resilience.testing.webhook_receiver import WebhookReceiver
 from tests.sentry_standin import SentryStandIn
 
 SECRET = "whsec-masking"
@@ -24,7 +24,7 @@ def test_a_failing_jobs_error_reaches_sentry_with_its_fingerprint_and_its_secret
     with SentryStandIn() as sentry, WebhookReceiver(SECRET) as receiver:
         env = settings_env(SENTRY_DSN=sentry.dsn, ALERT_WEBHOOK_URL=receiver.url, ALERT_WEBHOOK_SECRET=SECRET,
                            ERROR_FLUSH_INTERVAL_SEC=0.2)
-        with SubprocessWorker(log_dir, concurrency=1, include=["tests.tracking_jobs"], env=env) as worker:
+        with SubprocessWorker(log_dir, concurrency=1, include=["tests.jobs.tracking"], env=env) as worker:
             result = tj.charge_card.apply_async(("order-7",), {"api_key": API_KEY, "password": PASSWORD})
             [record] = wait_for(lambda: tracking.timeline(), 60,
                                 message=lambda: f"the error record; worker log:\n{worker.log()[-3000:]}")

@@ -7,7 +7,7 @@ import json
 import pytest
 from click.testing import CliRunner
 
-import tests.tracking_jobs as tj
+import tests.jobs.tracking as tj
 from resilience import alerts, tracking
 from resilience.keys import keys
 from resilience.testing import configure, free_port, wait_for

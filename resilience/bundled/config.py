@@ -1,14 +1,14 @@
 """Celery settings of the bundled app, read from the environment.
 
-Every value comes from :mod:`resilience.settings` (validated once; a bad value
+Every value comes from :mod:`resilience.core.settings` (validated once; a bad value
 stops start-up naming the variable). Each safe default says why it is there;
 they are the settings we recommend to any project adopting the platform.
 """
 
 from pathlib import Path
 
-from resilience.settings import load_settings
-from resilience.store import configured_or_embedded_url
+from resilience.core.settings import load_settings
+from resilience.core.store import configured_or_embedded_url
 
 _settings = load_settings()  # the environment: this module *is* the app's configuration
 _redis = configured_or_embedded_url(_settings)  # REDIS_URL, else the data dir's embedded Redis
@@ -61,9 +61,10 @@ worker_cancel_long_running_tasks_on_connection_loss = False
 result_expires = _settings.result_expires_sec
 task_track_started = True
 
-# Events on, so Flower shows workers and tasks.
+# Events on, so Flower shows workers and tasks (published in batches: resilience.observability.events).
+# task-sent events cost every delay() a round trip: off unless TASK_SENT_EVENT=true.
 worker_send_task_events = True
-task_send_sent_event = True
+task_send_sent_event = _settings.task_sent_event
 
 broker_connection_timeout = _settings.redis_connect_timeout_sec
 beat_schedule_filename = str(Path(_settings.data_dir).expanduser() / "celerybeat-schedule")

@@ -8,13 +8,12 @@ import time
 import httpx
 
 from resilience import PermanentError
-from resilience.breaker import get_breaker
-from resilience.httpclient import BreakerClient
-from resilience.keys import keys
-from resilience.store import get_redis
+from resilience.breakers.breaker import get_breaker
+from resilience.breakers.httpclient import BreakerClient
 from resilience.bundled.app import app
-
-from resilience.demo import DEMO_COUNTS
+from resilience.core.keys import keys
+from resilience.core.store import get_redis
+from resilience.platform.demo import DEMO_COUNTS
 
 
 def _count(name: str) -> None:

@@ -9,7 +9,7 @@ point. Failures are one line on stderr and a non-zero exit: 2 for
 configuration errors, 1 for everything else (Redis unreachable, no Redis
 running, a key of the wrong type, a malformed record). Data is shown as
 text, never as Rich markup, with control characters made visible
-(:mod:`resilience.display`).
+(:mod:`resilience.core.display`).
 """
 
 from __future__ import annotations
@@ -20,7 +20,8 @@ import click
 import redis
 
 from resilience.cli.context import AppRef
-from resilience.errors import ConfigurationError, ResilienceError
+from resilience.core.errors import ConfigurationError, ResilienceError
+
 
 class _CommandGroup(click.Group):
     """A group whose failures are one line on stderr and an exit status, never a traceback."""
@@ -39,7 +40,7 @@ class _CommandGroup(click.Group):
 
 
 def _fail(ctx: click.Context, message: str, status: int) -> None:
-    from resilience.display import visible
+    from resilience.core.display import visible
 
     lines = message.strip().splitlines()
     click.echo(visible(lines[0]) if lines else "error", err=True)

@@ -22,7 +22,7 @@ def rows() -> list[dict]:
 
     A malformed record is a row with ``state: "malformed"`` and its ``problem``.
     """
-    from resilience import breaker
+    from resilience.breakers import breaker
 
     result = []
     for name, record in breaker.status().items():
@@ -62,7 +62,7 @@ def command(ctx: click.Context, as_json: bool) -> None:
     from rich.console import Console
     from rich.table import Table
 
-    from resilience.display import cell
+    from resilience.core.display import cell
 
     view = Table(title="Circuit breakers")
     for column in ("breaker", "state", "failures", "opened at (UTC)", "half-open in"):
@@ -82,9 +82,8 @@ def command(ctx: click.Context, as_json: bool) -> None:
 @click.argument("name")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON only.")
 def reset_command(name: str, as_json: bool) -> None:
-    from resilience import breaker
-
-    from resilience.display import visible
+    from resilience.breakers import breaker
+    from resilience.core.display import visible
 
     before = breaker.reset(name)
     if as_json:

@@ -3,7 +3,7 @@
 ``resilience -A proj.celery:app status`` names the app as ``celery -A`` does;
 ``celery -A proj resilience status`` (the ``celery.commands`` plugin) acts on
 the app Celery loaded. Either way the app becomes the one this process serves
-(:func:`resilience.runtime.bind`), so the platform's settings, key prefix and
+(:func:`resilience.core.runtime.bind`), so the platform's settings, key prefix and
 Redis are that app's. Read-only commands never start an embedded Redis and
 print none of the platform's log records unless logging is configured.
 """
@@ -15,7 +15,7 @@ from typing import Any
 
 import click
 
-from resilience import embedded, runtime
+from resilience.core import embedded, runtime
 
 __all__ = ["AppRef", "use_app"]
 

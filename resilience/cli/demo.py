@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import click
 
-from resilience.logconfig import setup_cli_logging
+from resilience.core.logconfig import setup_cli_logging
 
 
 @click.command(name="demo", help="`up` plus a demonstration workload (flaky jobs that retry, duplicates "
@@ -25,7 +25,7 @@ def command(duration: float | None, rate: float, no_flower: bool, outage_after: 
     import logging
 
     from resilience.cli.context import app_spec
-    from resilience.demo import Demo
+    from resilience.platform.demo import Demo
 
     setup_cli_logging(logging.WARNING)
     Demo(duration=duration, rate=rate, flower=not no_flower, outage_after=outage_after,

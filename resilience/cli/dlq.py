@@ -1,8 +1,8 @@
 """``resilience dlq``: list, show, replay, purge and count dead-lettered jobs.
 
-A thin layer over :mod:`resilience.deadletter`; every subcommand takes
+A thin layer over :mod:`resilience.jobs.deadletter`; every subcommand takes
 ``--json`` and then prints JSON only. Malformed entries are shown as such and
-never stop a command; entry data is shown as text (:mod:`resilience.display`).
+never stop a command; entry data is shown as text (:mod:`resilience.core.display`).
 ``dlq replay`` exits 1 when it refused an entry (its arguments were cut when
 it was stored, or its queue is not the app's).
 """
@@ -14,15 +14,16 @@ from typing import Any
 
 import click
 
-from resilience import deadletter
 from resilience.cli.context import use_app
-from resilience.display import cell, visible
+from resilience.core.display import cell, visible
+from resilience.jobs import deadletter
 
 
 def _filters(func):
     func = click.option("--since", default=None, metavar="TIME",
                         help="Only entries that failed at or after TIME (ISO 8601, UTC when no offset).")(func)
-    func = click.option("--error-type", default=None, help="Only entries with this error type (e.g. ConnectionError).")(func)
+    func = click.option("--error-type", default=None,
+                        help="Only entries with this error type (e.g. ConnectionError).")(func)
     func = click.option("--task", default=None, help="Only entries of this task name.")(func)
     return func
 
@@ -72,7 +73,7 @@ def list_command(task, error_type, since, limit, offset, as_json) -> None:
             table.add_row(cell(e.index), cell("-"), cell("malformed", style="red"), cell(e.problem or "", limit=60),
                           cell(""), cell(""), cell(e.raw, limit=60))
             continue
-        d = e.data
+        d = e.data or {}
         table.add_row(cell(e.index), cell(d["job_id"]), cell(d["task"]), cell(d["error_type"]),
                       cell(d["failed_at"]), cell(d["retry_count"]), cell(d["failure_reason"], limit=80))
     Console().print(table)
@@ -90,13 +91,14 @@ def show_command(job_id, as_json) -> None:
     if as_json:
         _echo_json(entry.to_json())
         return
-    for name, value in entry.data.items():
+    data = entry.data or {}
+    for name, value in data.items():
         if name == "traceback":
             continue
         shown = json.dumps(value, default=str) if isinstance(value, (dict, list)) else value
         click.echo(visible(f"{name:>15}: {shown}"))
     click.echo("      traceback:")
-    click.echo(visible(entry.data.get("traceback") or "  (none)", lines=True))
+    click.echo(visible(data.get("traceback") or "  (none)", lines=True))
 
 
 def _selection(ids, all_, task, error_type, since, verb: str) -> None:

@@ -8,8 +8,8 @@ import click
 @click.command(name="down", help="Stop the embedded redis-server of RESILIENCE_DATA_DIR (one that a producer, "
                                  "worker or `resilience up` started and left running).")
 def command() -> None:
-    from resilience.embedded import embedded_url, stop_embedded
-    from resilience.settings import get_settings
+    from resilience.core.embedded import embedded_url, stop_embedded
+    from resilience.core.settings import get_settings
 
     settings = get_settings()
     url = embedded_url(settings)

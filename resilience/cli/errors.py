@@ -13,10 +13,10 @@ import click
 @click.option("--limit", default=20, show_default=True, type=click.IntRange(min=1),
               help="Timeline records to show, newest first.")
 def command(as_json: bool, limit: int) -> None:
-    from resilience import tracking
     from resilience.cli.context import use_app
-    from resilience.keys import keys
-    from resilience.quarantine import Batch, Reply
+    from resilience.core.keys import keys
+    from resilience.core.quarantine import Batch, Reply
+    from resilience.observability import tracking
 
     use_app()
     k = keys()
@@ -29,7 +29,7 @@ def command(as_json: bool, limit: int) -> None:
     from rich.console import Console
     from rich.table import Table
 
-    from resilience.display import cell
+    from resilience.core.display import cell
 
     table = Table(title="Error patterns")
     table.add_column("component:operation:error_type")

@@ -1,6 +1,6 @@
 """``resilience health``: probes for operators and container health checks.
 
-``resilience health beat`` checks beat (see :mod:`resilience.beatprobe`);
+``resilience health beat`` checks beat (see :mod:`resilience.probes.beatprobe`);
 ``resilience health workers`` asks every registered worker's ``/health``.
 Both exit 0 when healthy and 1 otherwise; ``--json`` prints JSON only.
 """
@@ -12,8 +12,8 @@ import sys
 
 import click
 
-from resilience.display import visible
-from resilience.quarantine import TEXT, Shape, decode, describe
+from resilience.core.display import visible
+from resilience.core.quarantine import TEXT, Shape, decode, describe
 
 #: A ``workers:health`` registration, as far as this probe reads it.
 _REGISTRATION = Shape({"url": TEXT}, required=("url",))
@@ -34,8 +34,8 @@ def _fail_unreachable(err: Exception) -> None:
 def beat(as_json: bool) -> None:
     import redis
 
-    from resilience.beatprobe import check
     from resilience.cli.context import use_app
+    from resilience.probes.beatprobe import check
 
     app = use_app()
 
@@ -62,8 +62,8 @@ def workers(as_json: bool, timeout: float) -> None:
     import redis
 
     from resilience.cli.context import use_app
-    from resilience.keys import keys
-    from resilience.store import get_redis
+    from resilience.core.keys import keys
+    from resilience.core.store import get_redis
 
     use_app()
     try:
@@ -71,8 +71,8 @@ def workers(as_json: bool, timeout: float) -> None:
     except (redis.ConnectionError, redis.TimeoutError) as err:
         _fail_unreachable(err)
         return
-    results = {}
-    for worker, raw in sorted(registered.items()):
+    results: dict[str, dict[str, object]] = {}
+    for worker, raw in sorted((str(name), value) for name, value in registered.items()):
         registration, problem = decode(raw, _REGISTRATION)
         if problem:
             results[worker] = {"status": "malformed registration", "problem": problem}
@@ -96,5 +96,5 @@ def workers(as_json: bool, timeout: float) -> None:
             failed = result.get("failed")
             failed = ", ".join(map(str, failed)) if isinstance(failed, list) else str(failed or "")
             detail = failed or result.get("error") or result.get("problem") or ""
-            click.echo(visible(f"{result.get('status', '?')!s:10} {worker}  {result.get('url', '')}  {detail}"))
+            click.echo(visible(f"{result.get('status', '?')!s:10} {worker!s}  {result.get('url', '')}  {detail}"))
     sys.exit(0 if healthy else 1)

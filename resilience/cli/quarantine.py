@@ -13,7 +13,7 @@ import json
 
 import click
 
-from resilience.display import cell, visible
+from resilience.core.display import cell, visible
 
 
 def _json_option(func):
@@ -38,7 +38,7 @@ def command(ctx: click.Context, as_json: bool) -> None:
 @click.option("--source", default=None, metavar="KEY", help="Only records taken from this key.")
 @_json_option
 def list_command(limit: int = 50, source: str | None = None, as_json: bool = False) -> None:
-    from resilience import quarantine
+    from resilience.core import quarantine
 
     records = quarantine.entries(limit=limit or None, source=source)
     total = quarantine.count()
@@ -69,7 +69,7 @@ def list_command(limit: int = 50, source: str | None = None, as_json: bool = Fal
 @click.option("--all", "all_", is_flag=True, help="Delete every quarantined record.")
 @_json_option
 def purge_command(ids: tuple[str, ...], all_: bool, as_json: bool) -> None:
-    from resilience import quarantine
+    from resilience.core import quarantine
 
     if bool(ids) == all_:
         raise click.UsageError("name record ids to purge, or pass --all (not both)")

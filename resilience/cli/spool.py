@@ -10,11 +10,12 @@ from __future__ import annotations
 
 import json
 import time
+from typing import Any
 
 import click
 
 from resilience.cli.context import use_app
-from resilience.display import visible
+from resilience.core.display import visible
 
 
 @click.group(name="spool", invoke_without_command=True,
@@ -30,8 +31,8 @@ def command(ctx: click.Context, as_json: bool) -> None:
 @click.option("--limit", default=50, show_default=True, type=click.IntRange(min=0), help="Most jobs to show.")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON only.")
 def list_command(as_json: bool, limit: int = 50) -> None:
-    from resilience import spool
-    from resilience.errors import RedisNotRunning
+    from resilience.core.errors import RedisNotRunning
+    from resilience.outages import spool
 
     try:
         use_app()  # the app's data dir; listing needs no Redis
@@ -39,7 +40,7 @@ def list_command(as_json: bool, limit: int = 50) -> None:
         pass
     total = spool.count()
     jobs, bad = spool.read(limit) if total else ([], [])
-    rows = [{"job_id": job.job_id, "task": job.task, "spooled_at": job.spooled_at,
+    rows: list[dict[str, Any]] = [{"job_id": job.job_id, "task": job.task, "spooled_at": job.spooled_at,
              "age_sec": round(time.time() - job.spooled_at, 1)} for job in jobs]
     # corrupt rows: the next flush moves them to the quarantine
     unreadable = [{"row": row.field, "problem": row.problem} for row in bad]
@@ -57,8 +58,8 @@ def list_command(as_json: bool, limit: int = 50) -> None:
 @command.command(name="flush", help="Publish the spooled jobs now, oldest first, through the app (-A).")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON only.")
 def flush_command(as_json: bool) -> None:
-    from resilience import spool
-    from resilience.outage import Flusher
+    from resilience.outages import spool
+    from resilience.outages.outage import Flusher
 
     app = use_app()
     sent = Flusher(app).flush_once()

@@ -25,8 +25,8 @@ def command(as_json: bool, watch: bool, interval: float) -> None:
     from rich.text import Text
 
     from resilience.cli.context import use_app
-    from resilience.errors import StoreUnavailable
-    from resilience.status import collect, render
+    from resilience.core.errors import StoreUnavailable
+    from resilience.probes.status import collect, render
 
     app = use_app()
 

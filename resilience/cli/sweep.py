@@ -6,7 +6,7 @@ import json
 
 import click
 
-from resilience.display import visible
+from resilience.core.display import visible
 
 
 def _echo(text: str) -> None:
@@ -16,8 +16,8 @@ def _echo(text: str) -> None:
 @click.command(name="sweep", help="Run the stuck-job sweep once and report what it did.")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON only.")
 def command(as_json: bool) -> None:
-    from resilience import sweeper
     from resilience.cli.context import use_app
+    from resilience.recovery import sweeper
 
     app = use_app()
     report = sweeper.sweep(app)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import click
 
-from resilience.logconfig import setup_cli_logging
+from resilience.core.logconfig import setup_cli_logging
 
 
 @click.command(name="up", help="Start Redis (embedded when REDIS_URL is unset), a worker, beat and Flower; "
@@ -16,8 +16,8 @@ from resilience.logconfig import setup_cli_logging
                                          "sentinels of the embedded binary (REDIS_URL must be unset).")
 def command(concurrency: int, no_flower: bool, no_beat: bool, ha: bool) -> None:
     from resilience.cli.context import app_spec
-    from resilience.settings import masked_url
-    from resilience.supervisor import Platform
+    from resilience.core.settings import masked_url
+    from resilience.platform.supervisor import Platform
 
     setup_cli_logging()
     platform = Platform(app_spec=app_spec(), concurrency=concurrency, flower=not no_flower,

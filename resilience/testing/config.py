@@ -7,8 +7,8 @@ import os
 from collections.abc import Iterator, Mapping
 from typing import Any
 
-from resilience.settings import current_override, env_fields, load_settings, reset_settings
-from resilience.store import reset_redis
+from resilience.core.settings import current_override, env_fields, load_settings, reset_settings
+from resilience.core.store import reset_redis
 
 __all__ = ["configure", "patched_environ", "settings_env"]
 

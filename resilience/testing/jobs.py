@@ -21,8 +21,8 @@ import re
 from collections.abc import Sequence
 from typing import Any
 
-from resilience import deadletter, executions
-from resilience.settings import get_settings
+from resilience.core.settings import get_settings
+from resilience.jobs import deadletter, executions
 from resilience.testing import recorder
 from resilience.testing.recorder import RetryRecord
 from resilience.testing.waiting import wait_for
@@ -100,7 +100,7 @@ class JobInspector:
 
         def finished() -> bool:
             if sweep:
-                from resilience import sweeper
+                from resilience.recovery import sweeper
 
                 sweeper.sweep(self.app)
             return self.finished(job_id)
@@ -123,8 +123,8 @@ class JobInspector:
         """Wait for the job's dead-letter entry; assert its ``failure_reason`` contains
         ``reason`` (or matches it, for a compiled pattern) and its ``error_type``."""
         job_id = job_id_of(job)
-        entry = wait_for(lambda: self.dead_letter(job_id), self._deadline(timeout),
-                         message=lambda: f"job {job_id} to be dead-lettered ({self._summary(job_id)})")
+        entry: dict = wait_for(lambda: self.dead_letter(job_id) or {}, self._deadline(timeout),
+                               message=lambda: f"job {job_id} to be dead-lettered ({self._summary(job_id)})")
         actual = str(entry.get("failure_reason"))
         if isinstance(reason, re.Pattern):
             assert reason.search(actual), f"job {job_id} was dead-lettered with {actual!r}, not /{reason.pattern}/"
@@ -157,7 +157,7 @@ class JobInspector:
         if delays is not None:
             actual = [r.delay for r in seen]
             assert len(delays) == times, f"{len(delays)} delays given for {times} retries"
-            for n, (want, got) in enumerate(zip(delays, actual)):
+            for n, (want, got) in enumerate(zip(delays, actual, strict=False)):
                 assert got is not None and _delay_matches(want, got, tolerance), (
                     f"retry {n + 1} of job {job_id} was due after {got} s, expected {_show(want, tolerance)} "
                     f"(all delays: {actual})")

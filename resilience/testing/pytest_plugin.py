@@ -72,9 +72,9 @@ def resilience_redis(tmp_path_factory: pytest.TempPathFactory):
     At the end of the session the environment is restored; the server itself
     runs until the process exits, for the platform's background threads.
     """
-    from resilience.embedded import forbid_autostart
-    from resilience.settings import reset_settings
-    from resilience.store import reset_redis
+    from resilience.core.embedded import forbid_autostart
+    from resilience.core.settings import reset_settings
+    from resilience.core.store import reset_redis
     from resilience.testing.config import patched_environ
     from resilience.testing.servers import PrivateRedis
 
@@ -108,9 +108,9 @@ def _resilience_clean_slate(request: pytest.FixtureRequest) -> None:
         return
     import redis
 
-    from resilience import connection, runtime
-    from resilience.settings import reset_settings
-    from resilience.store import reset_redis
+    from resilience.core import connection, runtime
+    from resilience.core.settings import reset_settings
+    from resilience.core.store import reset_redis
 
     server = request.getfixturevalue("resilience_redis")
     server.ensure_running()
@@ -136,7 +136,7 @@ def resilience_app_spec(pytestconfig: pytest.Config) -> str | None:
 @pytest.fixture(scope="session")
 def resilience_celery_app(resilience_app_spec: str | None):
     """Your Celery app, as your project builds it. Override to build it yourself."""
-    from resilience.runtime import load_app
+    from resilience.core.runtime import load_app
 
     if not resilience_app_spec:
         raise pytest.UsageError(
@@ -149,9 +149,10 @@ def resilience_celery_app(resilience_app_spec: str | None):
 @pytest.fixture(scope="session")
 def resilience_app(resilience_redis, resilience_celery_app):
     """Your app with the platform installed, using the private Redis."""
-    from resilience import install, runtime
-    from resilience.settings import reset_settings
-    from resilience.store import get_redis, reset_redis
+    from resilience import install
+    from resilience.core import runtime
+    from resilience.core.settings import reset_settings
+    from resilience.core.store import get_redis, reset_redis
     from resilience.testing import recorder
 
     app = install(resilience_celery_app)
@@ -187,7 +188,7 @@ def resilience_worker_options() -> dict:
 @pytest.fixture
 def resilience_worker(resilience_app, resilience_worker_options):
     """A real worker in a thread of the test process, for the test's duration."""
-    from resilience.runtime import queue_names
+    from resilience.core.queues import queue_names
     from resilience.testing import in_process_worker
 
     options = {"queues": queue_names(resilience_app), **resilience_worker_options}
@@ -198,7 +199,7 @@ def resilience_worker(resilience_app, resilience_worker_options):
 @pytest.fixture
 def resilience_subprocess_worker(resilience_app, resilience_app_spec, pytestconfig, tmp_path):
     """Start real worker processes of your app that a test can kill (``worker.kill()``)."""
-    from resilience.runtime import queue_names
+    from resilience.core.queues import queue_names
     from resilience.testing import SubprocessWorker
 
     if not resilience_app_spec:

@@ -35,8 +35,8 @@ from typing import Any
 
 from celery import signals
 
-from resilience.keys import keys
-from resilience.store import get_redis
+from resilience.core.keys import keys
+from resilience.core.store import get_redis
 
 __all__ = ["RetryRecord", "enable", "disable", "runs", "retries", "runs_key", "retries_key"]
 
@@ -137,7 +137,7 @@ def _delay(when: Any) -> float | None:
     if when is None:
         return None
     if isinstance(when, dt.datetime):
-        eta = when if when.tzinfo else when.replace(tzinfo=dt.timezone.utc)
+        eta = when if when.tzinfo else when.replace(tzinfo=dt.UTC)
         return round(eta.timestamp() - time.time(), 3)
     try:
         return float(when)

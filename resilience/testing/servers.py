@@ -6,9 +6,9 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-from resilience.embedded import RedisServerProcess, find_redis_binary
-from resilience.settings import load_settings, reset_settings
-from resilience.store import reset_redis
+from resilience.core.embedded import RedisServerProcess, find_redis_binary
+from resilience.core.settings import load_settings, reset_settings
+from resilience.core.store import reset_redis
 from resilience.testing.waiting import hold_outage
 
 __all__ = ["PrivateRedis", "start_private_redis"]
@@ -52,7 +52,8 @@ class PrivateRedis(RedisServerProcess):
         self.kill()
         if down_for:
             hold_outage(down_for)
-        return self.restart()
+        self.restart()
+        return self
 
     def ensure_running(self) -> PrivateRedis:
         """Thaw it if frozen, start it if it was stopped or killed."""

@@ -26,10 +26,10 @@ from pathlib import Path
 
 import redis
 
-from resilience.embedded import RedisServerProcess, find_redis_binary, free_port
-from resilience.errors import EmbeddedRedisError
-from resilience.localfiles import private_dir
-from resilience.settings import load_settings
+from resilience.core.embedded import RedisServerProcess, find_redis_binary, free_port
+from resilience.core.errors import EmbeddedRedisError
+from resilience.core.localfiles import private_dir
+from resilience.core.settings import load_settings
 from resilience.testing.waiting import wait_for
 
 __all__ = ["RedisNode", "SentinelNode", "SentinelTopology"]
@@ -100,11 +100,13 @@ class SentinelNode(RedisServerProcess):
         if not self.port:
             self.port = free_port()
         self.write_config()
-        return super().start(timeout)
+        super().start(timeout)
+        return self
 
     def restart(self, timeout: float = 15.0) -> SentinelNode:
         self.stop()
-        return super().start(timeout)  # keep the configuration it rewrote
+        super().start(timeout)  # keep the configuration it rewrote
+        return self
 
     def client(self, timeout: float = 1.0) -> redis.Redis:
         return redis.Redis(host="127.0.0.1", port=self.port, socket_timeout=timeout,
@@ -134,11 +136,14 @@ class SentinelTopology:
         private_dir(self.directory)
         binary = self.binary or find_redis_binary(load_settings())
         try:
-            primary = RedisNode(binary=binary, directory=self.directory / "node-0", detached=self.detached).start()
+            primary = RedisNode(binary=binary, directory=self.directory / "node-0", detached=self.detached)
+            primary.start()
             self.nodes.append(primary)
             for i in range(1, self.replicas + 1):
-                self.nodes.append(RedisNode(binary=binary, directory=self.directory / f"node-{i}",
-                                            replica_of=primary.port, detached=self.detached).start())
+                replica = RedisNode(binary=binary, directory=self.directory / f"node-{i}",
+                                    replica_of=primary.port, detached=self.detached)
+                replica.start()
+                self.nodes.append(replica)
             self.wait_replicas_in_sync(timeout)
             quorum = self.sentinels // 2 + 1
             for i in range(self.sentinels):
@@ -183,7 +188,7 @@ class SentinelTopology:
         for s in self.sentinel_nodes:
             client = s.client()
             try:
-                host, port = client.sentinel_get_master_addr_by_name(self.master_name)
+                host, port = client.sentinel_get_master_addr_by_name(self.master_name)  # type: ignore[misc]
                 seen.add(int(port))
             except (redis.RedisError, OSError, TypeError, ValueError):
                 continue
@@ -230,7 +235,8 @@ class SentinelTopology:
                                 if "s_down" not in str(r.get("flags")) and "disconnected" not in str(r.get("flags"))]
                 finally:
                     client.close()
-                if int(master.get("num-other-sentinels", 0)) < self.sentinels - 1 or len(replicas) < live_replicas:
+                others = int(master.get("num-other-sentinels", 0))  # type: ignore[union-attr]
+                if others < self.sentinels - 1 or len(replicas) < live_replicas:
                     return False
             return True
 

@@ -2,16 +2,19 @@
 
 from __future__ import annotations
 
+import contextlib
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import TypeVar
 
-__all__ = ["hold_outage", "wait_for"]
+from resilience.outages import spool
+
+__all__ = ["flushing_paused", "hold_outage", "wait_for"]
 
 T = TypeVar("T")
 
 
-def wait_for(predicate: Callable[[], T], timeout: float = 10.0, interval: float = 0.05,
+def wait_for(predicate: Callable[[], T | None], timeout: float = 10.0, interval: float = 0.05,
              message: str | Callable[[], str] = "condition") -> T:
     """Poll ``predicate`` until it returns a truthy value; fail after ``timeout`` s.
 
@@ -42,3 +45,20 @@ def hold_outage(seconds: float) -> None:
     :func:`wait_for`, and use this only to say how long Redis stays down.
     """
     time.sleep(seconds)
+
+
+@contextlib.contextmanager
+def flushing_paused(timeout: float = 30.0) -> Iterator[None]:
+    """Hold the spool's flush lock, so no flusher (a thread of this process, a worker or beat on
+    the same data dir) drains the spool while a test looks at what it holds."""
+    with contextlib.ExitStack() as stack:
+        def take() -> bool:
+            lock = spool.flush_locked()
+            if lock.__enter__():
+                stack.push(lock)
+                return True
+            lock.__exit__(None, None, None)
+            return False
+
+        wait_for(take, timeout, message="the spool's flush lock")
+        yield

@@ -54,7 +54,7 @@ class SubprocessWorker:
                  pool: str = "prefork", include: list[str] | None = None, queues: list[str] | None = None,
                  env: Mapping[str, str] | None = None, extra_args: list[str] | None = None,
                  cwd: str | None = None, pythonpath: list[str] | None = None) -> None:
-        from resilience.runtime import BUNDLED_APP
+        from resilience.core.runtime import BUNDLED_APP
 
         self.app = app or BUNDLED_APP
         self.name = name or f"sub-{uuid.uuid4().hex[:6]}@test"
@@ -113,7 +113,7 @@ class SubprocessWorker:
         """Signal the main process only (SIGKILL: its pool children die with it)."""
         if self.alive():
             os.kill(self.pid, sig)
-            if sig == signal.SIGKILL:
+            if sig == signal.SIGKILL and self.process is not None:
                 self.process.wait(10)
                 self._kill_group()
 
@@ -143,7 +143,7 @@ class SubprocessWorker:
 
 def worker_health_url(r, worker: SubprocessWorker, timeout: float = 60.0) -> str:
     """The health server URL a subprocess worker registered in ``workers:health``."""
-    from resilience.keys import keys
+    from resilience.core.keys import keys
 
     def registered():
         for wid, raw in r.hgetall(keys().worker_health).items():

@@ -1,0 +1,1 @@
+"""Circuit breakers shared by the cluster, and an HTTP client behind one."""

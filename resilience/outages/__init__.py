@@ -1,0 +1,1 @@
+"""Publishing while Redis is unreachable: the guarded publish, the spool, deferred writes."""

@@ -1,0 +1,1 @@
+"""Worker heartbeats and the stuck-job sweep."""
