@@ -40,9 +40,22 @@ def _env(ha: SentinelTopology, tmp_path: Path, ack: int) -> dict[str, str]:
                                        redis_reconnect_max_sec=0.5, publish_timeout_sec=2.0)}
 
 
-def _workers(tmp_path: Path, env: dict[str, str], n: int = 2) -> list[SubprocessWorker]:
-    workers = [SubprocessWorker(tmp_path / "logs", concurrency=2, include=["tests.jobs.sentinel"], env=env).start()
-               for _ in range(n)]
+@pytest.fixture
+def started():
+    """The worker subprocesses a test starts: each is stopped when the test ends, whatever happened."""
+    workers: list[SubprocessWorker] = []
+    yield workers
+    for worker in workers:
+        worker.stop()
+
+
+def _workers(started: list[SubprocessWorker], tmp_path: Path, env: dict[str, str],
+             n: int = 2) -> list[SubprocessWorker]:
+    workers = []
+    for _ in range(n):
+        worker = SubprocessWorker(tmp_path / "logs", concurrency=2, include=["tests.jobs.sentinel"], env=env)
+        started.append(worker)
+        workers.append(worker.start())
     for w in workers:
         w.wait_ready(120)
     return workers
@@ -115,11 +128,11 @@ def _submit_all(ha: SentinelTopology, tmp_path: Path, env: dict[str, str], count
     return submitted(str(tmp_path / "ids"))
 
 
-def test_with_replica_acknowledgement_every_job_runs_exactly_once_across_a_failover(ha, tmp_path):
+def test_with_replica_acknowledgement_every_job_runs_exactly_once_across_a_failover(ha, tmp_path, started):
     env = _env(ha, tmp_path, ack=1)
     marks = tmp_path / "marks"
     ids = _submit_all(ha, tmp_path, env, JOBS)
-    workers = _workers(tmp_path, env)
+    workers = _workers(started, tmp_path, env)
     _, resumed_after = _fail_over(ha, marks, after=JOBS // 4)
     wait_for(lambda: set(runs(str(marks))) >= set(ids), 240,
              message=lambda: f"every job to run ({len(runs(str(marks)))}/{len(ids)})")
@@ -129,21 +142,21 @@ def test_with_replica_acknowledgement_every_job_runs_exactly_once_across_a_failo
     assert resumed_after < 60  # the figure is printed; 5 s is the goal, measured, not asserted tightly
 
 
-def test_without_replica_acknowledgement_the_test_reports_what_a_failover_loses(ha, tmp_path):
+def test_without_replica_acknowledgement_the_test_reports_what_a_failover_loses(ha, tmp_path, started):
     env = _env(ha, tmp_path, ack=0)
     marks = tmp_path / "marks"
     ids = _submit_all(ha, tmp_path, env, JOBS)
-    workers = _workers(tmp_path, env)
+    workers = _workers(started, tmp_path, env)
     _fail_over(ha, marks, after=JOBS // 4)
     _settled(ha, marks)
     _report(ids, marks, "replica acknowledgement off")
     assert all(w.alive() for w in workers), "a worker exited during the failover"
 
 
-def test_a_producer_submitting_across_a_failover_gets_every_job_run_once(ha, tmp_path):
+def test_a_producer_submitting_across_a_failover_gets_every_job_run_once(ha, tmp_path, started):
     env = _env(ha, tmp_path, ack=1)
     marks = tmp_path / "marks"
-    workers = _workers(tmp_path, env)
+    workers = _workers(started, tmp_path, env)
     producer = _produce(tmp_path, env, 1000)
     _fail_over(ha, marks, after=200)
     assert producer.wait(300) == 0, (tmp_path / "producer.log").read_text()[-2000:]
@@ -156,11 +169,11 @@ def test_a_producer_submitting_across_a_failover_gets_every_job_run_once(ha, tmp
     assert all(w.alive() for w in workers)
 
 
-def test_the_demoted_primary_back_as_a_replica_runs_nothing_twice(ha, tmp_path):
+def test_the_demoted_primary_back_as_a_replica_runs_nothing_twice(ha, tmp_path, started):
     env = _env(ha, tmp_path, ack=1)
     marks = tmp_path / "marks"
     ids = _submit_all(ha, tmp_path, env, 600)
-    workers = _workers(tmp_path, env)
+    workers = _workers(started, tmp_path, env)
     old = ha.primary()
     wait_for(lambda: len(runs(str(marks))) >= 150, 120, message="150 jobs to run")
     old.kill()
@@ -183,12 +196,12 @@ def test_the_demoted_primary_back_as_a_replica_runs_nothing_twice(ha, tmp_path):
 
 
 @pytest.mark.parametrize("ack", [1, 0], ids=["acknowledged", "unacknowledged"])
-def test_a_primary_that_dies_with_its_replicas_behind(ha, tmp_path, ack):
+def test_a_primary_that_dies_with_its_replicas_behind(ha, tmp_path, started, ack):
     """The loss window made visible: a producer and two workers busy, the replicas 0.5 s
     behind when the primary dies (they receive nothing in that time)."""
     env = _env(ha, tmp_path, ack=ack)
     marks = tmp_path / "marks"
-    workers = _workers(tmp_path, env)
+    workers = _workers(started, tmp_path, env)
     producer = _produce(tmp_path, env, 1000)
     wait_for(lambda: len(runs(str(marks))) >= 200, 120, message="200 jobs to run before the failover")
     lag_from = time.time()

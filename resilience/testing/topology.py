@@ -272,8 +272,11 @@ class SentinelTopology:
                 _config_set(node, "masterauth", "")
         return primary
 
-    def wait_promoted(self, old: RedisNode, timeout: float = 30.0) -> tuple[RedisNode, float]:
+    def wait_promoted(self, old: RedisNode, timeout: float = 90.0) -> tuple[RedisNode, float]:
         """Wait until the sentinels name another primary and it says it is one.
+
+        The deadline is long on purpose: a sentinel whose process was not scheduled for
+        two seconds (a busy machine) enters TILT mode and holds failovers back for 30 s.
 
         Returns the new primary and the ``time.time()`` at which it was first seen promoted.
         """
