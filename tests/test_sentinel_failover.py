@@ -42,14 +42,20 @@ def _env(ha: SentinelTopology, tmp_path: Path, ack: int) -> dict[str, str]:
 
 @pytest.fixture
 def started():
-    """The worker subprocesses a test starts: each is stopped when the test ends, whatever happened."""
-    workers: list[SubprocessWorker] = []
-    yield workers
-    for worker in workers:
-        worker.stop()
+    """The worker and producer subprocesses a test starts: each is stopped when the test ends,
+    whatever happened."""
+    processes: list[SubprocessWorker | subprocess.Popen] = []
+    yield processes
+    for process in processes:
+        if isinstance(process, subprocess.Popen):
+            if process.poll() is None:
+                process.kill()
+                process.wait(10)
+        else:
+            process.stop()
 
 
-def _workers(started: list[SubprocessWorker], tmp_path: Path, env: dict[str, str],
+def _workers(started: list, tmp_path: Path, env: dict[str, str],
              n: int = 2) -> list[SubprocessWorker]:
     workers = []
     for _ in range(n):
@@ -61,12 +67,14 @@ def _workers(started: list[SubprocessWorker], tmp_path: Path, env: dict[str, str
     return workers
 
 
-def _produce(tmp_path: Path, env: dict[str, str], count: int) -> subprocess.Popen:
+def _produce(started: list, tmp_path: Path, env: dict[str, str], count: int) -> subprocess.Popen:
     pythonpath = os.pathsep.join(filter(None, [str(CHECKOUT), os.environ.get("PYTHONPATH")]))
-    return subprocess.Popen([sys.executable, "-m", "tests.jobs.sentinel", str(tmp_path / "marks"),
-                             str(tmp_path / "ids"), str(count)],
-                            env={**os.environ, **env, "PYTHONPATH": pythonpath}, cwd=CHECKOUT,
-                            stdout=subprocess.DEVNULL, stderr=open(tmp_path / "producer.log", "ab"))
+    producer = subprocess.Popen([sys.executable, "-m", "tests.jobs.sentinel", str(tmp_path / "marks"),
+                                 str(tmp_path / "ids"), str(count)],
+                                env={**os.environ, **env, "PYTHONPATH": pythonpath}, cwd=CHECKOUT,
+                                stdout=subprocess.DEVNULL, stderr=open(tmp_path / "producer.log", "ab"))
+    started.append(producer)
+    return producer
 
 
 def _drained(ha: SentinelTopology) -> bool:
@@ -122,8 +130,8 @@ def _report(ids: list[str], marks: Path, label: str) -> tuple[list[str], list[st
     return lost, doubled
 
 
-def _submit_all(ha: SentinelTopology, tmp_path: Path, env: dict[str, str], count: int) -> list[str]:
-    producer = _produce(tmp_path, env, count)
+def _submit_all(started: list, tmp_path: Path, env: dict[str, str], count: int) -> list[str]:
+    producer = _produce(started, tmp_path, env, count)
     assert producer.wait(300) == 0, (tmp_path / "producer.log").read_text()[-2000:]
     return submitted(str(tmp_path / "ids"))
 
@@ -131,7 +139,7 @@ def _submit_all(ha: SentinelTopology, tmp_path: Path, env: dict[str, str], count
 def test_with_replica_acknowledgement_every_job_runs_exactly_once_across_a_failover(ha, tmp_path, started):
     env = _env(ha, tmp_path, ack=1)
     marks = tmp_path / "marks"
-    ids = _submit_all(ha, tmp_path, env, JOBS)
+    ids = _submit_all(started, tmp_path, env, JOBS)
     workers = _workers(started, tmp_path, env)
     _, resumed_after = _fail_over(ha, marks, after=JOBS // 4)
     wait_for(lambda: set(runs(str(marks))) >= set(ids), 240,
@@ -145,7 +153,7 @@ def test_with_replica_acknowledgement_every_job_runs_exactly_once_across_a_failo
 def test_without_replica_acknowledgement_the_test_reports_what_a_failover_loses(ha, tmp_path, started):
     env = _env(ha, tmp_path, ack=0)
     marks = tmp_path / "marks"
-    ids = _submit_all(ha, tmp_path, env, JOBS)
+    ids = _submit_all(started, tmp_path, env, JOBS)
     workers = _workers(started, tmp_path, env)
     _fail_over(ha, marks, after=JOBS // 4)
     _settled(ha, marks)
@@ -157,7 +165,7 @@ def test_a_producer_submitting_across_a_failover_gets_every_job_run_once(ha, tmp
     env = _env(ha, tmp_path, ack=1)
     marks = tmp_path / "marks"
     workers = _workers(started, tmp_path, env)
-    producer = _produce(tmp_path, env, 1000)
+    producer = _produce(started, tmp_path, env, 1000)
     _fail_over(ha, marks, after=200)
     assert producer.wait(300) == 0, (tmp_path / "producer.log").read_text()[-2000:]
     ids = submitted(str(tmp_path / "ids"))
@@ -172,7 +180,7 @@ def test_a_producer_submitting_across_a_failover_gets_every_job_run_once(ha, tmp
 def test_the_demoted_primary_back_as_a_replica_runs_nothing_twice(ha, tmp_path, started):
     env = _env(ha, tmp_path, ack=1)
     marks = tmp_path / "marks"
-    ids = _submit_all(ha, tmp_path, env, 600)
+    ids = _submit_all(started, tmp_path, env, 600)
     workers = _workers(started, tmp_path, env)
     old = ha.primary()
     wait_for(lambda: len(runs(str(marks))) >= 150, 120, message="150 jobs to run")
@@ -202,7 +210,7 @@ def test_a_primary_that_dies_with_its_replicas_behind(ha, tmp_path, started, ack
     env = _env(ha, tmp_path, ack=ack)
     marks = tmp_path / "marks"
     workers = _workers(started, tmp_path, env)
-    producer = _produce(tmp_path, env, 1000)
+    producer = _produce(started, tmp_path, env, 1000)
     wait_for(lambda: len(runs(str(marks))) >= 200, 120, message="200 jobs to run before the failover")
     lag_from = time.time()
     old = ha.kill_primary_with_replicas_behind(0.5)
