@@ -30,23 +30,36 @@ def _submit(jobs: int, round_trips: int) -> dict:
     return {"jobs": jobs, "round_trips": round_trips, "calls": {"lpush": jobs}}
 
 
+def _counted_alone(r, action, commands: set[str]):
+    """The window around ``action``; taken again while another client of the test's Redis (a
+    reconnect, a background thread an earlier test left) ran commands inside it, since the
+    server's counters are global."""
+    for _ in range(20):
+        before = snapshot(r, {})
+        action()
+        window = delta(before, snapshot(r, {}))
+        if set(window.calls) <= commands:
+            break
+    return window
+
+
 def test_a_pipeline_counts_as_one_round_trip_and_each_of_its_commands(r):
-    before = snapshot(r, {})
-    pipe = r.pipeline(transaction=False)
-    pipe.incr("bench:a")
-    pipe.incr("bench:a")
-    pipe.get("bench:a")
-    pipe.execute()
-    window = delta(before, snapshot(r, {}))
+    def run() -> None:
+        pipe = r.pipeline(transaction=False)
+        pipe.incr("bench:a")
+        pipe.incr("bench:a")
+        pipe.get("bench:a")
+        pipe.execute()
+
+    window = _counted_alone(r, run, {"incrby", "get"})
 
     assert window.reads == 1
     assert window.calls == {"incrby": 2, "get": 1}
 
 
 def test_a_script_counts_as_one_round_trip_with_the_commands_it_runs(r):
-    before = snapshot(r, {})
-    r.eval("redis.call('INCR', KEYS[1]); return redis.call('INCR', KEYS[1])", 1, "bench:b")
-    window = delta(before, snapshot(r, {}))
+    window = _counted_alone(r, lambda: r.eval("redis.call('INCR', KEYS[1]); return redis.call('INCR', KEYS[1])",
+                                              1, "bench:b"), {"eval", "incr"})
 
     assert window.reads == 1
     assert window.calls == {"eval": 1, "incr": 2}

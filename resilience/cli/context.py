@@ -16,6 +16,7 @@ from typing import Any
 import click
 
 from resilience.core import embedded, runtime
+from resilience.outages import outage
 
 __all__ = ["AppRef", "use_app"]
 
@@ -38,6 +39,8 @@ def use_app(*, start_redis: bool = False) -> Any:
     """The app the current command acts on; with ``start_redis`` False (read-only
     commands) no embedded Redis is started on this command's behalf."""
     ctx = click.get_current_context()
+    previous_flush = outage.publish_earlier_spool_at_load(False)
+    ctx.call_on_close(lambda: outage.publish_earlier_spool_at_load(previous_flush))
     if not start_redis:
         previous = embedded.forbid_autostart()
         ctx.call_on_close(lambda: embedded.forbid_autostart(previous))

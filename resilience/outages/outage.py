@@ -339,9 +339,24 @@ def flusher() -> Flusher:
         return _flusher
 
 
+#: Whether loading an app wakes the flusher for jobs an earlier run left in the spool. Off in a
+#: ``resilience`` command's process: a command does what it says (``spool flush`` publishes them
+#: itself and reports what it did) and leaves publishing in the background to workers and beat.
+_publish_earlier_spool_at_load = True
+
+
+def publish_earlier_spool_at_load(enabled: bool) -> bool:
+    """Switch :func:`publish_what_an_earlier_run_spooled` on or off for this process; returns the previous value."""
+    global _publish_earlier_spool_at_load
+    previous, _publish_earlier_spool_at_load = _publish_earlier_spool_at_load, enabled
+    return previous
+
+
 def publish_what_an_earlier_run_spooled(app: Any) -> None:
     """Give this process its flusher for ``app`` and wake it when the spool holds jobs of an earlier run."""
     global _flusher
+    if not _publish_earlier_spool_at_load:
+        return
     with _flusher_lock:
         if _flusher is None:
             _flusher = Flusher(app)
