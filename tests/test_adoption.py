@@ -71,7 +71,6 @@ def write_project(root: Path, *, data_dir: Path, extra_config: str = "") -> Path
         """,
         "tasks.py": """
             import os
-            import time
 
             import redis
 
@@ -83,7 +82,7 @@ def write_project(root: Path, *, data_dir: Path, extra_config: str = "") -> Path
             @app.task(bind=True, name="tasks.slow")
             def slow(self, seconds):
                 r.rpush("proj:started", self.request.id)
-                time.sleep(seconds)
+                r.blpop(["proj:release"], timeout=seconds)  # runs until the test releases it
                 r.rpush("proj:done", self.request.id)
 
 
@@ -378,10 +377,11 @@ def test_a_project_of_its_own_gets_every_feature_on_its_own_worker_and_beat(fres
         procs.append(beat)
 
         # A job killed with kill -9 mid-run is recovered by the sweep on the project's own beat.
-        job = submit("tasks.slow.delay(3)")
+        job = submit("tasks.slow.delay(120)")
         wait_for(lambda: job in r.lrange("proj:started", 0, -1), 60, message="the slow job to start")
         first.kill()
         worker("second")
+        r.rpush("proj:release", "go")  # the run the sweep recovers may finish
         wait_for(lambda: job in r.lrange("proj:done", 0, -1), 90,
                  message=lambda: f"the killed job to run again:\n{beat.log()[-2000:]}")
 
